@@ -1,0 +1,395 @@
+"""``attention(...)``: one entry point, several backends, one meaning.
+
+The meaning is PyTorch's ``scaled_dot_product_attention`` plus three extras; the plain formula
+(also the ``"reference"`` backend, and what :func:`attention_trace` records step by step) is::
+
+    scores  = query @ key.transpose(-2, -1)                  # (..., Hq, Lq, Lk)
+    scaled  = scores * scale                                  # scale = 1/sqrt(head_dim)
+    scaled  = softcap * tanh(scaled / softcap)                # only with softcap
+    masked  = scaled - slope_h * |i - j| + float_mask         # ALiBi, additive mask
+    masked  = masked.masked_fill(~allowed, -inf)              # bool mask, causal, window
+    weights = softmax(masked, dim=-1)                         # rows with no key -> all zeros
+    output  = dropout(weights) @ value                        # (..., Hq, Lq, Dv)
+
+With ``enable_gqa`` the ``Hk`` key/value heads are shared by groups of ``Hq // Hk`` query heads
+(query head ``h`` uses key/value head ``h // (Hq // Hk)``, as in PyTorch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from attnlab.attention import tiled
+from attnlab.attention.masks import normalize_window
+
+BACKENDS = ("auto", "reference", "tiled", "torch")
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A validated call: shapes and normalized arguments."""
+
+    batch: tuple[int, ...]
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    k_len: int
+    scale: float
+    window: tuple[int | None, int | None] | None
+    softcap: float | None
+    dropout_p: float
+
+    @property
+    def groups(self) -> int:
+        return self.q_heads // self.kv_heads
+
+    @property
+    def has_extras(self) -> bool:
+        return self.window is not None or self.softcap is not None
+
+
+def _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window, alibi_slopes,
+           softcap, backend) -> _Request:
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.dim() < 3:
+            raise ValueError(
+                f"{name} must be shaped (..., heads, seq, head_dim), got shape {tuple(t.shape)}"
+            )
+    shapes = f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+    if not query.dtype == key.dtype == value.dtype:
+        raise TypeError(
+            f"query, key and value must share a dtype, got {query.dtype}, {key.dtype}, {value.dtype}"
+        )
+    if not query.device == key.device == value.device:
+        raise ValueError(
+            f"query, key and value must be on one device, got {query.device}, {key.device}, "
+            f"{value.device}"
+        )
+    if not query.dim() == key.dim() == value.dim():
+        raise ValueError(f"query, key and value must have the same rank, got {shapes}")
+    if not query.shape[:-3] == key.shape[:-3] == value.shape[:-3]:
+        raise ValueError(f"query, key and value must have the same batch dims, got {shapes}")
+    if key.shape[-3:-1] != value.shape[-3:-1]:
+        raise ValueError(f"key and value must have the same heads and seq length, got {shapes}")
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(f"query and key must have the same head_dim, got {shapes}")
+    q_heads, kv_heads = query.shape[-3], key.shape[-3]
+    if q_heads != kv_heads:
+        if not enable_gqa:
+            raise ValueError(
+                f"query has {q_heads} heads but key/value have {kv_heads}; pass enable_gqa=True "
+                f"for grouped-query attention ({shapes})"
+            )
+        if kv_heads == 0 or q_heads % kv_heads:
+            raise ValueError(
+                f"enable_gqa needs key/value heads ({kv_heads}) to divide query heads "
+                f"({q_heads}), got {shapes}"
+            )
+    full = (*query.shape[:-1], key.shape[-2])
+    if attn_mask is not None:
+        if not isinstance(attn_mask, torch.Tensor):
+            raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            raise TypeError(f"attn_mask must be bool or floating point, got dtype {attn_mask.dtype}")
+        try:
+            if torch.broadcast_shapes(attn_mask.shape, full) != full:
+                raise RuntimeError
+        except RuntimeError:
+            raise ValueError(
+                f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to the scores' "
+                f"shape {full} (..., q_heads, q_len, k_len)"
+            ) from None
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, int | float) or not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    elif isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    if alibi_slopes is not None:
+        if not isinstance(alibi_slopes, torch.Tensor):
+            raise TypeError(f"alibi_slopes must be a torch.Tensor, got {type(alibi_slopes).__name__}")
+        if tuple(alibi_slopes.shape) != (q_heads,):
+            raise ValueError(
+                f"alibi_slopes must have shape (q_heads,) = ({q_heads},), "
+                f"got {tuple(alibi_slopes.shape)}"
+            )
+    if softcap is not None and (
+        isinstance(softcap, bool) or not isinstance(softcap, int | float) or not softcap > 0
+    ):
+        raise ValueError(f"softcap must be a positive number or None, got {softcap!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _Request(
+        batch=tuple(query.shape[:-3]),
+        q_heads=q_heads,
+        kv_heads=kv_heads,
+        q_len=query.shape[-2],
+        k_len=key.shape[-2],
+        scale=float(scale),
+        window=normalize_window(window),
+        softcap=None if softcap is None else float(softcap),
+        dropout_p=float(dropout_p),
+    )
+
+
+def _effective_window(req: _Request, is_causal: bool):
+    """Causality is the window (unlimited, 0): merge the two into one ``(left, right)``."""
+    left, right = req.window if req.window is not None else (None, None)
+    if is_causal:
+        right = 0 if right is None else min(right, 0)
+    return left, right
+
+
+@dataclass
+class AttentionTrace:
+    """Every step of one attention call, for explaining it. Shapes use ``Hq`` heads throughout.
+
+    ``scores`` (..., Hq, Lq, Lk) raw ``q . k``; ``scaled`` after the scale (and softcap);
+    ``masked`` after ALiBi, float masks and ``-inf`` where attending is not allowed;
+    ``weights`` the softmax (rows with no allowed key are zeros; before dropout);
+    ``output`` (..., Hq, Lq, Dv), equal to ``attention(...)`` with the same arguments.
+    """
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    scores: torch.Tensor
+    scaled: torch.Tensor
+    masked: torch.Tensor
+    weights: torch.Tensor
+    output: torch.Tensor
+    scale: float
+    is_causal: bool
+    window: tuple[int | None, int | None] | None
+    softcap: float | None
+    alibi_slopes: torch.Tensor | None
+    attn_mask: torch.Tensor | None
+    dropout_p: float
+
+
+def _reference(query, key, value, attn_mask, is_causal, alibi_slopes, req: _Request):
+    """The formula in the module docstring, spelled out; returns every intermediate."""
+    in_dtype = query.dtype
+    if in_dtype in (torch.bfloat16, torch.float16):  # softmax in half precision is too coarse
+        query, key, value = query.float(), key.float(), value.float()
+    if req.groups > 1:  # share each key/value head with its group of query heads
+        key = key.repeat_interleave(req.groups, dim=-3)
+        value = value.repeat_interleave(req.groups, dim=-3)
+    scores = query @ key.transpose(-2, -1)
+    scaled = scores * req.scale
+    if req.softcap is not None:
+        scaled = req.softcap * torch.tanh(scaled / req.softcap)
+    masked = scaled
+    offset = torch.arange(req.k_len, device=query.device) - torch.arange(
+        req.q_len, device=query.device
+    ).unsqueeze(-1)  # (Lq, Lk): j - i
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(scaled.dtype)[:, None, None]
+        masked = masked - slopes * offset.abs().to(scaled.dtype)
+    allowed = torch.ones(req.q_len, req.k_len, dtype=torch.bool, device=query.device)
+    left, right = _effective_window(req, is_causal)
+    if left is not None:
+        allowed = allowed & (offset >= -left)
+    if right is not None:
+        allowed = allowed & (offset <= right)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            allowed = allowed & attn_mask
+        else:
+            masked = masked + attn_mask.to(scaled.dtype)
+    masked = masked.masked_fill(~allowed, -math.inf)
+    empty_row = torch.isneginf(masked).all(dim=-1, keepdim=True)
+    weights = torch.softmax(masked.masked_fill(empty_row, 0.0), dim=-1).masked_fill(empty_row, 0.0)
+    dropped = F.dropout(weights, req.dropout_p) if req.dropout_p > 0 else weights
+    output = (dropped @ value).to(in_dtype)
+    return scores, scaled, masked, weights, output
+
+
+def _flatten_batch(t: torch.Tensor | None, batch: tuple[int, ...]) -> torch.Tensor | None:
+    """(..., H, L, S) broadcastable to ``batch`` -> (N or 1, H, L, S) with one batch dim."""
+    if t is None:
+        return None
+    t = t.reshape((1,) * (len(batch) + 3 - t.dim()) + tuple(t.shape))
+    if all(size == 1 for size in t.shape[:-3]):
+        return t.reshape(1, *t.shape[-3:])
+    return t.expand(*batch, *t.shape[-3:]).reshape(-1, *t.shape[-3:])
+
+
+def _torch_backend(query, key, value, attn_mask, is_causal, enable_gqa, req: _Request):
+    """PyTorch's fused kernel on 4-D views (3-D or 5-D inputs would send it to its slow path)."""
+    q = query.reshape(-1, *query.shape[-3:])
+    k = key.reshape(-1, *key.shape[-3:])
+    v = value.reshape(-1, *value.shape[-3:])
+    mask = _flatten_batch(attn_mask, req.batch)
+    if mask is not None and is_causal:  # PyTorch refuses both at once: merge them
+        causal = torch.ones(req.q_len, req.k_len, dtype=torch.bool, device=q.device).tril()
+        mask = mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, -math.inf)
+        is_causal = False
+    empty_row = None
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)
+            empty_row = torch.isneginf(mask).all(dim=-1, keepdim=True)
+        else:
+            empty_row = ~mask.any(dim=-1, keepdim=True)
+        if empty_row.any():
+            # Give empty rows a harmless key so no kernel divides by zero, then zero them below.
+            mask = mask.masked_fill(empty_row, True if mask.dtype == torch.bool else 0.0)
+        else:
+            empty_row = None
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=req.dropout_p, is_causal=is_causal,
+        scale=req.scale, enable_gqa=enable_gqa,
+    )
+    if empty_row is not None:
+        out = out.masked_fill(empty_row, 0.0)
+    return out.reshape(*req.batch, req.q_heads, req.q_len, value.shape[-1])
+
+
+def _tiled_backend(query, key, value, attn_mask, is_causal, alibi_slopes, req: _Request):
+    """Group heads for GQA and hand the request to :mod:`attnlab.attention.tiled`."""
+    groups, kv_heads = req.groups, req.kv_heads
+    q = query.reshape(-1, kv_heads, groups, req.q_len, query.shape[-1])
+    n = q.shape[0]
+    q = q.reshape(n * kv_heads, groups, req.q_len, query.shape[-1])
+    k = key.reshape(n * kv_heads, req.k_len, key.shape[-1])
+    v = value.reshape(n * kv_heads, req.k_len, value.shape[-1])
+    mask = _flatten_batch(attn_mask, req.batch)
+    if mask is not None:
+        heads = mask.shape[1]
+        mask = mask.reshape(mask.shape[0], heads // groups if heads > 1 else 1,
+                            groups if heads > 1 else 1, *mask.shape[-2:])
+        if mask.dtype != torch.bool:
+            mask = mask.float() if query.dtype in (torch.bfloat16, torch.float16) else mask.to(query.dtype)
+    neg_slopes = None
+    if alibi_slopes is not None:
+        acc = torch.float32 if query.dtype in (torch.bfloat16, torch.float16) else query.dtype
+        neg_slopes = -alibi_slopes.to(device=query.device, dtype=acc).view(1, kv_heads, groups, 1, 1)
+    left, right = _effective_window(req, is_causal)
+    block_q, block_k = tiled.choose_blocks(n * req.q_heads, req.q_len, req.k_len)
+    seed = int(torch.randint(0, 2**62, (1,)).item()) if req.dropout_p > 0 else 0
+    params = tiled.TiledParams(
+        scale=req.scale, left=left, right=right, softcap=req.softcap, dropout_p=req.dropout_p,
+        seed=seed, block_q=block_q, block_k=block_k,
+    )
+    out = tiled.TiledAttentionFunction.apply(q, k, v, mask, neg_slopes, n, params)
+    return out.reshape(*req.batch, req.q_heads, req.q_len, value.shape[-1])
+
+
+def _pytorch_has_fused_kernel(query, key, value, attn_mask, dropout_p, is_causal, scale, gqa):
+    """Whether PyTorch would run this request in a fused kernel (not its O(n^2) math path)."""
+    q = query.reshape(-1, *query.shape[-3:])
+    k = key.reshape(-1, *key.shape[-3:])
+    v = value.reshape(-1, *value.shape[-3:])
+    try:
+        choice = torch._fused_sdp_choice(
+            q, k, v, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=gqa
+        )
+    except (RuntimeError, TypeError, AttributeError):
+        return False
+    return choice != int(torch.nn.attention.SDPBackend.MATH)
+
+
+def choose_backend(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                   scale=None, enable_gqa=False, *, window=None, alibi_slopes=None,
+                   softcap=None) -> str:
+    """The backend ``backend="auto"`` runs for this request. The rule:
+
+    1. ``tiled`` if the request uses an extra PyTorch lacks (``window``, ``alibi_slopes``,
+       ``softcap``) or combines ``attn_mask`` with ``is_causal`` (PyTorch would need an n x n
+       merged mask).
+    2. ``torch`` if PyTorch runs it in a fused kernel (FlashAttention / memory-efficient / cuDNN
+       on CUDA, the flash kernel on CPU), which is the fastest exact kernel where it applies.
+    3. ``tiled`` otherwise: PyTorch would fall back to its math path, which materialises the
+       n x n scores (e.g. dropout on CPU, value head_dim != key head_dim).
+    """
+    req = _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window,
+                 alibi_slopes, softcap, "auto")
+    return _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, req)
+
+
+def _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, req) -> str:
+    if req.has_extras or alibi_slopes is not None or (attn_mask is not None and is_causal):
+        return "tiled"
+    mask = _flatten_batch(attn_mask, req.batch)
+    if _pytorch_has_fused_kernel(query, key, value, mask, req.dropout_p, is_causal, req.scale,
+                                 enable_gqa):
+        return "torch"
+    return "tiled"
+
+
+def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+              enable_gqa=False, *, window=None, alibi_slopes=None, softcap=None, backend="auto"):
+    """Scaled dot-product attention, exact on every backend.
+
+    Args:
+        query: ``(..., Hq, Lq, D)``. key: ``(..., Hk, Lk, D)``. value: ``(..., Hk, Lk, Dv)``.
+            One floating dtype for all three; any number of leading batch dims (0, 1, 2, ...).
+        attn_mask: bool (True = may attend) or float (added to the scores), broadcastable to
+            ``(..., Hq, Lq, Lk)``. Treated as a constant (no gradient).
+        dropout_p: probability of dropping an attention weight, in ``[0, 1)``.
+        is_causal: query ``i`` sees keys ``j <= i`` (top-left aligned, like PyTorch).
+            May be combined with ``attn_mask`` (both apply).
+        scale: multiplies ``q . k``; defaults to ``1/sqrt(D)``.
+        enable_gqa: let ``Hk`` divide ``Hq`` (grouped-query / multi-query attention).
+        window: ``(left, right)``: query ``i`` sees keys ``i-left .. i+right``; ``None`` or ``-1``
+            on a side means unlimited; an int ``w`` means ``(w, w)``.
+        alibi_slopes: ``(Hq,)``; adds ``-slope * |i - j|`` to head ``h``'s scores.
+        softcap: replaces scaled scores ``x`` by ``softcap * tanh(x / softcap)``.
+        backend: ``"auto"`` (see :func:`choose_backend`), ``"reference"``, ``"tiled"``, ``"torch"``.
+
+    Returns:
+        ``(..., Hq, Lq, Dv)`` in the input dtype. Query rows with no allowed key are zeros
+        (with zero gradients), never NaN.
+
+    Raises:
+        TypeError / ValueError naming the argument and the shapes or dtypes seen.
+    """
+    req = _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window,
+                 alibi_slopes, softcap, backend)
+    if backend == "auto":
+        backend = _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, req)
+    if backend == "reference":
+        return _reference(query, key, value, attn_mask, is_causal, alibi_slopes, req)[-1]
+    if backend == "tiled":
+        return _tiled_backend(query, key, value, attn_mask, is_causal, alibi_slopes, req)
+    unsupported = [name for name, value_ in (("window", req.window), ("alibi_slopes", alibi_slopes),
+                                             ("softcap", req.softcap)) if value_ is not None]
+    if unsupported:
+        raise ValueError(
+            f"backend='torch' does not support {', '.join(unsupported)}; "
+            "use backend='tiled' or 'auto'"
+        )
+    return _torch_backend(query, key, value, attn_mask, is_causal, enable_gqa, req)
+
+
+def attention_trace(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                    scale=None, enable_gqa=False, *, window=None, alibi_slopes=None,
+                    softcap=None, backend="reference") -> AttentionTrace:
+    """Run the reference formula and keep every step (see :class:`AttentionTrace`).
+
+    Takes :func:`attention`'s arguments. The trace always materialises the ``(..., Hq, Lq, Lk)``
+    scores, so it is meant for explaining short inputs, not for long sequences. ``backend`` is
+    accepted for signature compatibility and must be ``"reference"`` or ``"auto"``.
+    """
+    if backend not in ("reference", "auto"):
+        raise ValueError(f"attention_trace always uses the reference formula, got backend={backend!r}")
+    req = _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window,
+                 alibi_slopes, softcap, "reference")
+    scores, scaled, masked, weights, output = _reference(
+        query, key, value, attn_mask, is_causal, alibi_slopes, req
+    )
+    return AttentionTrace(
+        query=query, key=key, value=value, scores=scores, scaled=scaled, masked=masked,
+        weights=weights, output=output, scale=req.scale, is_causal=is_causal, window=req.window,
+        softcap=req.softcap, alibi_slopes=alibi_slopes, attn_mask=attn_mask,
+        dropout_p=req.dropout_p,
+    )
