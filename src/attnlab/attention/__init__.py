@@ -1,5 +1,6 @@
 """The attention mechanism: one functional API, its backends, masks, positions, cache, modules."""
 
+from attnlab.attention.cache import KVCache
 from attnlab.attention.functional import (
     BACKENDS,
     AttentionTrace,
@@ -7,5 +8,24 @@ from attnlab.attention.functional import (
     attention_trace,
     choose_backend,
 )
+from attnlab.attention.modules import MultiHeadAttention
+from attnlab.attention.positions import (
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    alibi_slopes,
+    sinusoidal_positions,
+)
 
-__all__ = ["BACKENDS", "AttentionTrace", "attention", "attention_trace", "choose_backend"]
+__all__ = [
+    "BACKENDS",
+    "AttentionTrace",
+    "KVCache",
+    "LearnedPositionalEmbedding",
+    "MultiHeadAttention",
+    "RotaryEmbedding",
+    "alibi_slopes",
+    "attention",
+    "attention_trace",
+    "choose_backend",
+    "sinusoidal_positions",
+]

@@ -1,0 +1,257 @@
+"""``MultiHeadAttention``: projections around :func:`attnlab.attention.attention`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attnlab.attention.cache import KVCache
+from attnlab.attention.functional import AttentionTrace, attention, attention_trace
+from attnlab.attention.masks import combine_masks, normalize_window, padding_mask, window_mask
+from attnlab.attention.positions import RotaryEmbedding, alibi_slopes
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head (and grouped-/multi-query) attention with optional RoPE, ALiBi, window, cache.
+
+    Plainly, for ``x`` shaped ``(batch, Lq, embed_dim)`` and self-attention::
+
+        q = q_proj(x) -> (batch, heads, Lq, head_dim)          head_dim = embed_dim // heads
+        k = k_proj(x), v = v_proj(x) -> (batch, kv_heads, Lk, head_dim)
+        q, k = rope(q), rope(k)                                 if rope
+        o = attention(q, k, v, mask, is_causal, window, alibi_slopes, enable_gqa=kv_heads<heads)
+        out = out_proj(o merged back to (batch, Lq, embed_dim))
+
+    Args:
+        embed_dim: model width; must be divisible by ``num_heads``.
+        num_heads: query heads.
+        num_kv_heads: key/value heads (default ``num_heads``); must divide ``num_heads``.
+            ``1`` is multi-query attention. Key/value heads are shared through
+            ``attention(..., enable_gqa=True)``, never copied.
+        kdim, vdim: feature sizes of the context that keys and values are computed from in
+            cross-attention (default ``embed_dim``).
+        bias: whether the four projections have biases.
+        dropout: attention-weight dropout probability, applied only in training mode.
+        rope: ``None``, ``True`` (build a :class:`RotaryEmbedding` for ``head_dim``) or a
+            :class:`RotaryEmbedding` to use (may be shared across layers). Self-attention only.
+        alibi: add ALiBi biases with :func:`alibi_slopes` for ``num_heads`` heads.
+        window: ``(left, right)`` local attention window, see :func:`attention`.
+        backend: passed to :func:`attention`.
+
+    The projections are separate ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` linear layers
+    (weights ``(out_features, in_features)``), so pretrained checkpoints load by name.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        rope: RotaryEmbedding | bool | None = None,
+        alibi: bool = False,
+        window: tuple[int | None, int | None] | int | None = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        kdim = embed_dim if kdim is None else kdim
+        vdim = embed_dim if vdim is None else vdim
+        if min(embed_dim, num_heads, num_kv_heads, kdim, vdim) <= 0:
+            raise ValueError(
+                f"MultiHeadAttention sizes must be positive, got {embed_dim=}, {num_heads=}, "
+                f"{num_kv_heads=}, {kdim=}, {vdim=}"
+            )
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads={num_heads} is not divisible by num_kv_heads={num_kv_heads}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
+        self.embed_dim, self.kdim, self.vdim = embed_dim, kdim, vdim
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.window = normalize_window(window)
+        self.backend = backend
+
+        kv_width = num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(kdim, kv_width, bias=bias)
+        self.v_proj = nn.Linear(vdim, kv_width, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+
+        if rope is True:
+            rope = RotaryEmbedding(self.head_dim)
+        elif rope is False:
+            rope = None
+        elif rope is not None:
+            if not isinstance(rope, RotaryEmbedding):
+                raise TypeError(f"rope must be None, True or a RotaryEmbedding, got {rope!r}")
+            if rope.head_dim != self.head_dim:
+                raise ValueError(
+                    f"rope.head_dim={rope.head_dim} does not match head_dim={self.head_dim} "
+                    f"(embed_dim={embed_dim} / num_heads={num_heads})"
+                )
+        self.rope = rope
+        # Derived from num_heads, so kept out of state_dict (checkpoints never need it).
+        slopes = alibi_slopes(num_heads) if alibi else None
+        self.register_buffer("alibi_slopes", slopes, persistent=False)
+
+    def _split_heads(self, t: torch.Tensor, heads: int) -> torch.Tensor:
+        batch, seq, _ = t.shape
+        return t.view(batch, seq, heads, self.head_dim).transpose(1, 2)  # (batch, heads, seq, D)
+
+    def _check_features(self, name: str, t: torch.Tensor, features: int) -> None:
+        if t.dim() != 3 or t.shape[-1] != features:
+            raise ValueError(
+                f"{name} must be shaped (batch, seq, {features}), got {tuple(t.shape)}"
+            )
+
+    def _keys_values(
+        self, x: torch.Tensor, context, cache: KVCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Projected (and rotated, cached) keys and values, plus the queries' position offset."""
+        if context is None:
+            if self.kdim != self.embed_dim or self.vdim != self.embed_dim:
+                raise ValueError(
+                    f"self-attention needs kdim == vdim == embed_dim, got kdim={self.kdim}, "
+                    f"vdim={self.vdim}, embed_dim={self.embed_dim}; pass context"
+                )
+            k = self._split_heads(self.k_proj(x), self.num_kv_heads)
+            v = self._split_heads(self.v_proj(x), self.num_kv_heads)
+            offset = 0 if cache is None else cache.length
+            if self.rope is not None:
+                k = self.rope(k, offset=offset)
+            if cache is not None:
+                k, v = cache.append(k, v)
+            return k, v, offset
+
+        if self.rope is not None:
+            raise ValueError("rope applies to self-attention only; got a context")
+        key_source, value_source = context if isinstance(context, tuple | list) else (context,) * 2
+        self._check_features("context (keys)", key_source, self.kdim)
+        self._check_features("context (values)", value_source, self.vdim)
+        if cache is not None and cache.length:
+            # Cross-attention keys depend only on the context: computed on the first step and
+            # reused, so later decoding steps skip the projections.
+            if cache.length != key_source.shape[1]:
+                raise ValueError(
+                    f"cross-attention cache holds {cache.length} context steps but the context "
+                    f"has {key_source.shape[1]} ({tuple(key_source.shape)})"
+                )
+            k, v = cache.filled()
+            return k, v, 0
+        k = self._split_heads(self.k_proj(key_source), self.num_kv_heads)
+        v = self._split_heads(self.v_proj(value_source), self.num_kv_heads)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        return k, v, 0
+
+    def _aligned_mask(
+        self, q_len: int, k_len: int, offset: int, is_causal: bool, device, dtype
+    ) -> torch.Tensor | None:
+        """Causality, window and ALiBi for queries at positions ``offset .. offset+q_len-1``.
+
+        Returns a bool ``(q_len, k_len)`` mask, a float ``(heads, q_len, k_len)`` bias (when ALiBi
+        is on), or None when nothing constrains these queries.
+        """
+        left, right = self.window or (None, None)
+        if is_causal:
+            right = 0 if right is None else min(right, 0)
+        if q_len == 1:
+            # The only query is the newest position: every cached key lies at or before it.
+            right = None
+        allowed = None
+        if left is not None or right is not None:
+            allowed = window_mask(q_len, k_len, (left, right), offset=offset, device=device)
+        bias = None
+        if self.alibi_slopes is not None:
+            q_pos = torch.arange(offset, offset + q_len, device=device)
+            distance = (q_pos[:, None] - torch.arange(k_len, device=device)).abs()  # (Lq, Lk)
+            bias = -self.alibi_slopes.to(dtype)[:, None, None] * distance.to(dtype)
+        return combine_masks(allowed, bias, dtype=dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+        return_trace: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, AttentionTrace]:
+        """Attend from ``x`` to itself (``context=None``) or to ``context``.
+
+        Args:
+            x: ``(batch, Lq, embed_dim)`` queries (and keys/values in self-attention).
+            context: ``(batch, Lc, kdim)`` for cross-attention, or a pair ``(key_source,
+                value_source)`` shaped ``(batch, Lc, kdim)`` and ``(batch, Lc, vdim)``.
+            attn_mask: bool (True = may attend) or float (added), broadcastable to
+                ``(batch, heads, Lq, Lk)``; ``Lk`` counts cached keys too.
+                Note: the opposite boolean convention to ``torch.nn.MultiheadAttention``.
+            key_padding_mask: ``(batch, Lk)`` bool, True at padding keys (as in
+                ``torch.nn.MultiheadAttention``); ``Lk`` counts cached keys too.
+            is_causal: each query sees keys at its own position or before. With a cache the
+                queries are the *last* ``Lq`` positions (a query at position ``p`` sees keys
+                ``0..p``), unlike :func:`attention`'s top-left alignment.
+            cache: a :class:`KVCache` shaped ``(batch, num_kv_heads, max_len, head_dim)``.
+                Self-attention appends the new keys/values and attends over everything cached;
+                RoPE and ALiBi positions continue from ``cache.length``. Cross-attention fills
+                the cache from ``context`` on the first call and reuses it afterwards.
+            return_trace: also return the :class:`AttentionTrace` (from the reference formula).
+
+        Returns:
+            ``(batch, Lq, embed_dim)``, or ``(output, trace)`` with ``return_trace=True``.
+        """
+        self._check_features("x", x, self.embed_dim)
+        batch, q_len, _ = x.shape
+        q = self._split_heads(self.q_proj(x), self.num_heads)  # (batch, heads, Lq, head_dim)
+        k, v, offset = self._keys_values(x, context, cache)  # (batch, kv_heads, Lk, head_dim)
+        if self.rope is not None:
+            q = self.rope(q, offset=offset)
+
+        # Masks from half precision inputs stay float32: ALiBi distances would round in bf16.
+        mask_dtype = torch.promote_types(q.dtype, torch.float32)
+        padding = None if key_padding_mask is None else padding_mask(key_padding_mask)
+        window, slopes = self.window, self.alibi_slopes
+        if offset:
+            # `attention` aligns query i with key i; cached queries sit at offset + i, so
+            # causality, the window and ALiBi are applied here from absolute positions.
+            positional = self._aligned_mask(q_len, k.shape[-2], offset, is_causal, q.device,
+                                            mask_dtype)
+            attn_mask = combine_masks(attn_mask, positional, dtype=mask_dtype)
+            window, slopes, is_causal = None, None, False
+        mask = combine_masks(attn_mask, padding, dtype=mask_dtype)
+
+        kwargs = {
+            "attn_mask": mask,
+            "dropout_p": self.dropout if self.training else 0.0,
+            "is_causal": is_causal,
+            "enable_gqa": self.num_kv_heads != self.num_heads,
+            "window": window,
+            "alibi_slopes": slopes,
+        }
+        if return_trace:
+            trace = attention_trace(q, k, v, **kwargs)
+            heads = trace.output
+        else:
+            heads = attention(q, k, v, backend=self.backend, **kwargs)
+        # (batch, heads, Lq, head_dim) -> (batch, Lq, embed_dim): heads side by side
+        out = self.out_proj(heads.transpose(1, 2).reshape(batch, q_len, self.embed_dim))
+        return (out, trace) if return_trace else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+            f"num_kv_heads={self.num_kv_heads}, dropout={self.dropout}, window={self.window}, "
+            f"alibi={self.alibi_slopes is not None}, backend={self.backend!r}"
+        )
