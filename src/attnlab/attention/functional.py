@@ -355,7 +355,11 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     """
     req = _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window,
                  alibi_slopes, softcap, backend)
-    if backend == "auto":
+    if query.numel() == 0 or key.shape[-2] == 0:
+        # Nothing to tile and nothing for a fused kernel to do: the formula gives the empty (or,
+        # with no keys, all-zero) output, and a gradient graph, on any backend's behalf.
+        backend = "reference"
+    elif backend == "auto":
         backend = _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, req)
     if backend == "reference":
         return _reference(query, key, value, attn_mask, is_causal, alibi_slopes, req)[-1]

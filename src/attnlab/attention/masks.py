@@ -13,6 +13,8 @@ Masks are shaped ``(..., heads, q_len, k_len)`` or anything that broadcasts to i
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 Window = tuple[int | None, int | None]
@@ -28,16 +30,16 @@ def normalize_window(window: Window | int | None) -> tuple[int | None, int | Non
         return None
     if isinstance(window, bool):
         raise TypeError(f"window must be an int or a pair (left, right), got {window!r}")
-    if isinstance(window, int):
-        window = (window, window)
+    if isinstance(window, numbers.Integral):
+        window = (int(window), int(window))
     if not isinstance(window, tuple | list) or len(window) != 2:
         raise TypeError(f"window must be an int or a pair (left, right), got {window!r}")
     sides = []
     for name, side in zip(("left", "right"), window, strict=True):
         if side is None or side == -1:
             sides.append(None)
-        elif isinstance(side, int) and not isinstance(side, bool) and side >= 0:
-            sides.append(side)
+        elif isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 0:
+            sides.append(int(side))
         else:
             raise ValueError(
                 f"window {name} side must be >= 0, or -1/None for unlimited, got {side!r}"

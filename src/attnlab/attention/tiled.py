@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 # Score-block budget (elements per (heads x block_q x block_k) tile). Measured on the 2-core
 # development machine (AVX-512, fp32, H=8, D=64, n=4096): 8 x 256 x 512 tiles ran the forward in
@@ -109,7 +110,7 @@ class _BlockScores:
         self.n, self.kv_heads = n, kv_heads
 
     def __call__(self, q_rows: torch.Tensor, i0: int, i1: int, j0: int, j1: int):
-        """Scores ``(batch*kv_heads, groups*bq, bk)`` in float32+ and the softcap tanh (or None).
+        """Scores ``(batch*kv_heads, groups*bq, bk)`` and the softcap tanh (or None).
 
         Returns ``None`` when a boolean mask empties the whole block.
         """
@@ -123,8 +124,6 @@ class _BlockScores:
                 if mask_blk.all():
                     mask_blk = None
         s = torch.bmm(q_rows, self.k_t[:, :, j0:j1])
-        if s.dtype in _LOW_PRECISION:
-            s = s.float()
         tanh = None
         if p.softcap is not None:
             tanh = s.div_(p.softcap).tanh_()
@@ -168,23 +167,39 @@ class TiledAttentionFunction(torch.autograd.Function):
         out, lse = _forward(q, k, v, mask, neg_slopes, n, p)
         ctx.save_for_backward(q, k, v, out, lse, mask, neg_slopes)
         ctx.n, ctx.p = n, p
-        return out
+        return out.to(q.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, out, lse, mask, neg_slopes = ctx.saved_tensors
         dq, dk, dv = _backward(grad_out, q, k, v, out, lse, mask, neg_slopes, ctx.n, ctx.p)
         return dq, dk, dv, None, None, None, None
 
 
+def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _score_operands(q, k, p: TiledParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled queries and transposed keys ``(NHk, D, Lk)``, both O(n) to build.
+
+    Half-precision inputs are upcast here: a bf16 score tile would round logits of ~1e4 by
+    hundreds and change which key wins (P @ V and the backward's matmuls stay in bf16).
+    """
+    acc_dtype = _accumulator_dtype(q.dtype)
+    qs = q.to(acc_dtype) * p.scale  # folding the scale into q costs O(n), not O(n^2)
+    return qs, k.to(acc_dtype).transpose(1, 2).contiguous()
+
+
 def _forward(q, k, v, mask, neg_slopes, n, p: TiledParams):
     nhk, groups, q_len, _ = q.shape
     k_len, v_dim = k.shape[1], v.shape[-1]
-    low_precision = q.dtype in _LOW_PRECISION
-    acc_dtype = torch.float32 if low_precision else q.dtype
-    qs = q * p.scale  # folding the scale into q costs O(n), not O(n^2)
-    scores = _BlockScores(qs, k.transpose(1, 2).contiguous(), mask, neg_slopes, p, n, nhk // n)
-    out = torch.empty(nhk, groups, q_len, v_dim, dtype=q.dtype, device=q.device)
+    acc_dtype = _accumulator_dtype(q.dtype)
+    qs, k_t = _score_operands(q, k, p)
+    scores = _BlockScores(qs, k_t, mask, neg_slopes, p, n, nhk // n)
+    # Kept in the accumulator dtype: the backward's dO . O needs more than bf16 precision.
+    out = torch.empty(nhk, groups, q_len, v_dim, dtype=acc_dtype, device=q.device)
     lse = torch.empty(nhk, groups, q_len, dtype=acc_dtype, device=q.device)
     for i0 in range(0, q_len, p.block_q):
         i1 = min(i0 + p.block_q, q_len)
@@ -214,7 +229,7 @@ def _forward(q, k, v, mask, neg_slopes, n, p: TiledParams):
         norm = l.masked_fill(empty, 1.0)
         if p.dropout_p > 0:
             norm = norm * (1.0 - p.dropout_p)
-        out[:, :, i0:i1] = (acc / norm).view(nhk, groups, i1 - i0, v_dim).to(q.dtype)
+        out[:, :, i0:i1] = (acc / norm).view(nhk, groups, i1 - i0, v_dim)
         # Empty rows get lse = +inf so the backward's exp(s - lse) is 0 there, never NaN.
         row_lse = torch.where(empty, math.inf, m + l.log())
         lse[:, :, i0:i1] = row_lse.view(nhk, groups, i1 - i0)
@@ -235,12 +250,16 @@ def _backward(grad_out, q, k, v, out, lse, mask, neg_slopes, n, p: TiledParams):
     nhk, groups, q_len, head_dim = q.shape
     k_len = k.shape[1]
     acc_dtype = lse.dtype
-    qs = q * p.scale
-    scores = _BlockScores(qs, k.transpose(1, 2).contiguous(), mask, neg_slopes, p, n, nhk // n)
+    in_dtypes = q.dtype, k.dtype, v.dtype
+    # Half precision is upcast once (O(n)): rounding dP or dS to bf16 and multiplying by keys or
+    # queries of size ~100 would put errors of order 1 into the gradients.
+    q, k, v, grad_out = (t.to(acc_dtype) for t in (q, k, v, grad_out))
+    qs, k_t = _score_operands(q, k, p)
+    scores = _BlockScores(qs, k_t, mask, neg_slopes, p, n, nhk // n)
     v_t = v.transpose(1, 2).contiguous()
     grad_out = grad_out.contiguous()
     # delta_i = sum_j p_ij dP_ij = dO_i . O_i  (holds with dropout too, as O includes it)
-    delta = (grad_out.to(acc_dtype) * out.to(acc_dtype)).sum(-1)
+    delta = (grad_out * out).sum(-1)
     dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
     dk = torch.zeros(k.shape, dtype=acc_dtype, device=q.device)
     dv = torch.zeros(v.shape, dtype=acc_dtype, device=q.device)
@@ -260,7 +279,7 @@ def _backward(grad_out, q, k, v, out, lse, mask, neg_slopes, n, p: TiledParams):
                 continue
             s, tanh = block
             prob = s.sub_(row_lse).exp_()
-            d_prob = torch.bmm(d_out, v_t[:, :, j0:j1]).to(acc_dtype)
+            d_prob = torch.bmm(d_out, v_t[:, :, j0:j1])
             if p.dropout_p > 0:
                 keep = _keep_mask(prob.shape, p, i0, j0, q.device) * keep_scale
                 _accumulate(dv[:, j0:j1], prob * keep, d_out, transpose_a=True)
@@ -274,4 +293,4 @@ def _backward(grad_out, q, k, v, out, lse, mask, neg_slopes, n, p: TiledParams):
             _accumulate(dk[:, j0:j1], d_score, rows, transpose_a=True)
         dq[:, :, i0:i1] = d_rows.view(nhk, groups, i1 - i0, head_dim)
     dq.mul_(p.scale)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    return dq.to(in_dtypes[0]), dk.to(in_dtypes[1]), dv.to(in_dtypes[2])
