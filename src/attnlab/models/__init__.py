@@ -1,0 +1,28 @@
+"""Models built from :mod:`attnlab.attention`: pretrained BERT (MiniLM) and LLaMA (SmolLM2), ...
+
+Classes are imported lazily so that ``import attnlab.models`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "BertEncoder": "attnlab.models.bert",
+    "BertConfig": "attnlab.models.bert",
+    "LlamaDecoder": "attnlab.models.llama",
+    "LlamaConfig": "attnlab.models.llama",
+    "LayerTrace": "attnlab.models.trace",
+    "load_pretrained": "attnlab.models.pretrained",
+    "MissingPackageError": "attnlab.models.pretrained",
+    "PRETRAINED": "attnlab.models.pretrained",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attnlab.models' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)
