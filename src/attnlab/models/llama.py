@@ -1,0 +1,287 @@
+"""A LLaMA decoder (SmolLM2's architecture) built on :class:`attnlab.attention.MultiHeadAttention`.
+
+Plainly, for token ids ``(batch, seq)``::
+
+    x = embed[ids]                                    (batch, seq, embed_dim)
+    for block in layers:                              pre-norm blocks
+        x = x + Attention(RMSNorm(x))                 causal, grouped-query, RoPE on q and k
+        x = x + SwiGLU(RMSNorm(x))                    down(silu(gate(h)) * up(h))
+    logits = RMSNorm(x) @ embed.T                     (batch, seq, vocab) when tied, else lm_head
+
+The attention of every layer is attnlab's own, with one :class:`RotaryEmbedding` shared by all
+layers, so the explainer's traces and the KV cache work here as in every other attnlab model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnlab.attention import KVCache, MultiHeadAttention, RotaryEmbedding
+from attnlab.models.trace import LayerTrace
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class LlamaConfig:
+    """Sizes of a LLaMA decoder; the defaults are SmolLM2-135M's."""
+
+    vocab_size: int = 49152
+    embed_dim: int = 576
+    num_layers: int = 30
+    num_heads: int = 9
+    num_kv_heads: int = 3
+    ffn_dim: int = 1536
+    max_positions: int = 8192
+    rope_theta: float = 100000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        sizes = ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "ffn_dim",
+                 "max_positions", "rope_theta", "norm_eps")
+        bad = {name: getattr(self, name) for name in sizes if not getattr(self, name) > 0}
+        if bad:
+            raise ValueError(f"LlamaConfig values must be positive, got {bad}")
+        if self.embed_dim % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"need embed_dim % num_heads == 0 and num_heads % num_kv_heads == 0, got "
+                f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+                f"num_kv_heads={self.num_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head_dim, got head_dim={self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x²) + eps) * weight`` over the last dimension, as LLaMA normalises.
+
+    Computed in float32 whatever the input dtype (squares of bf16 activations lose too much),
+    then cast back, as in Hugging Face's ``LlamaRMSNorm``.
+    """
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x))``: ``(..., embed_dim) -> (..., embed_dim)``, no biases."""
+
+    def __init__(self, embed_dim: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(embed_dim, ffn_dim, bias=False)
+        self.up = nn.Linear(embed_dim, ffn_dim, bias=False)
+        self.down = nn.Linear(ffn_dim, embed_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class TokenEmbedding(nn.Embedding):
+    """``nn.Embedding`` that skips initialising a weight on the meta device.
+
+    :meth:`LlamaDecoder.load` builds the model on the meta device and then takes every weight
+    from the file. ``normal_`` on a meta tensor computes nothing but imports ``torch._dynamo``
+    (1-2 s, most of a cached load); the other layers' initialisers do not.
+    """
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
+class LlamaBlock(nn.Module):
+    """``x + Attention(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))``, causal self-attention."""
+
+    def __init__(self, config: LlamaConfig, rope: RotaryEmbedding) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.embed_dim, config.norm_eps)
+        self.attn = MultiHeadAttention(config.embed_dim, config.num_heads,
+                                       num_kv_heads=config.num_kv_heads, bias=False, rope=rope)
+        self.ffn_norm = RMSNorm(config.embed_dim, config.norm_eps)
+        self.ffn = SwiGLU(config.embed_dim, config.ffn_dim)
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, *, trace_layer: int | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, LayerTrace]:
+        """``x`` ``(batch, seq, embed_dim)`` -> same shape; with ``trace_layer`` (this layer's
+        index) also the :class:`LayerTrace` of its attention."""
+        h = self.attn_norm(x)
+        attended = self.attn(h, is_causal=True, cache=cache, return_trace=trace_layer is not None)
+        trace = None
+        if trace_layer is not None:
+            attended, attention = attended
+            trace = LayerTrace(layer=trace_layer, attn_input=h, attention=attention)
+        x = x + attended
+        x = x + self.ffn(self.ffn_norm(x))
+        return x if trace is None else (x, trace)
+
+
+class LlamaDecoder(nn.Module):
+    """A causal language model: token ids ``(batch, seq)`` -> next-token logits ``(batch, seq, vocab)``.
+
+    With ``config.tie_embeddings`` the output projection is the embedding matrix itself (there is
+    no ``lm_head``), as in SmolLM2. ``tokenizer`` is set by
+    :func:`attnlab.models.pretrained.smollm2.load_smollm2`; a model built otherwise has none.
+    """
+
+    is_causal = True
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = TokenEmbedding(config.vocab_size, config.embed_dim)
+        # One rotary table for all layers: the angles depend only on positions, not on the layer.
+        self.rope = RotaryEmbedding(config.head_dim, base=config.rope_theta)
+        self.layers = nn.ModuleList(LlamaBlock(config, self.rope) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.embed_dim, config.norm_eps)
+        self.lm_head = (
+            None if config.tie_embeddings else nn.Linear(config.embed_dim, config.vocab_size, bias=False)
+        )
+        self.tokenizer = None
+
+    @classmethod
+    def from_config(cls, config: LlamaConfig) -> LlamaDecoder:
+        """A randomly initialised decoder (the ``nn`` modules' default initialisation)."""
+        return cls(config)
+
+    def new_caches(
+        self, batch: int, max_len: int, *, dtype: torch.dtype | None = None, device=None
+    ) -> list[KVCache]:
+        """One empty :class:`KVCache` per layer, each ``(batch, num_kv_heads, max_len, head_dim)``.
+
+        ``dtype`` and ``device`` default to the model's parameters'.
+        """
+        if max_len > self.config.max_positions:
+            raise ValueError(
+                f"max_len={max_len} exceeds the model's max_positions={self.config.max_positions}"
+            )
+        weight = self.embed.weight
+        return [
+            KVCache(batch, self.config.num_kv_heads, max_len, self.config.head_dim,
+                    dtype=dtype or weight.dtype, device=device or weight.device)
+            for _ in self.layers
+        ]
+
+    def _check_inputs(self, input_ids: torch.Tensor, caches: list[KVCache] | None) -> None:
+        if input_ids.dim() != 2 or input_ids.dtype != torch.long:
+            raise ValueError(
+                f"input_ids must be a (batch, seq) long tensor, got {input_ids.dtype} "
+                f"of shape {tuple(input_ids.shape)}"
+            )
+        seq = input_ids.shape[1]
+        past = 0
+        if caches is not None:
+            if len(caches) != len(self.layers):
+                raise ValueError(f"need one cache per layer ({len(self.layers)}), got {len(caches)}")
+            past = caches[0].length
+            if past + seq > caches[0].max_len:
+                raise ValueError(
+                    f"KV cache overflow: {past} cached + {seq} new tokens = {past + seq} > "
+                    f"the cache's max_len={caches[0].max_len}"
+                )
+        if past + seq > self.config.max_positions:
+            raise ValueError(
+                f"{past} cached + {seq} new tokens = {past + seq} exceeds "
+                f"max_positions={self.config.max_positions}"
+            )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        caches: list[KVCache] | None = None,
+        return_traces: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[LayerTrace]]:
+        """Next-token logits for every position.
+
+        Args:
+            input_ids: ``(batch, seq)`` long token ids.
+            caches: from :meth:`new_caches`; the new tokens take positions
+                ``cache.length .. cache.length + seq - 1`` and are appended to the caches.
+            return_traces: also return one :class:`LayerTrace` per layer (attention computed
+                with the reference formula; ``weights`` ``(batch, heads, seq, cached + seq)``).
+
+        Returns:
+            ``(batch, seq, vocab)`` logits, or ``(logits, traces)``.
+
+        Raises:
+            ValueError: ids not ``(batch, seq)`` long, more positions than ``max_positions``,
+                or more tokens than the caches have room for.
+        """
+        self._check_inputs(input_ids, caches)
+        x = self.embed(input_ids)  # (batch, seq, embed_dim)
+        traces = []
+        for index, layer in enumerate(self.layers):
+            cache = None if caches is None else caches[index]
+            if return_traces:
+                x, trace = layer(x, cache, trace_layer=index)
+                traces.append(trace)
+            else:
+                x = layer(x, cache)
+        x = self.norm(x)
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        logits = x @ weight.T  # (batch, seq, vocab)
+        return (logits, traces) if return_traces else logits
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into folder ``path`` (created if needed).
+
+        Both files are written to a temporary folder beside ``path`` and then renamed into place
+        (``os.replace``), so a crash never leaves a half-written file. Returns the folder.
+        """
+        from safetensors.torch import save_file
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix=".saving-"))
+        try:
+            state = {name: t.detach().contiguous() for name, t in self.state_dict().items()}
+            save_file(state, staging / WEIGHTS_FILE)
+            (staging / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            for name in (WEIGHTS_FILE, CONFIG_FILE):
+                os.replace(staging / name, folder / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LlamaDecoder:
+        """A decoder from a folder written by :meth:`save`, in eval mode, without a tokenizer.
+
+        Raises ``FileNotFoundError`` naming a missing file, and ``RuntimeError`` (from
+        ``load_state_dict``) or a safetensors error when the weights are damaged or do not match
+        the config.
+        """
+        from safetensors.torch import load_file
+
+        folder = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} not found (is {folder} a saved LlamaDecoder?)")
+        config = LlamaConfig(**json.loads((folder / CONFIG_FILE).read_text()))
+        with torch.device("meta"):  # skip random initialisation: every weight comes from the file
+            model = cls(config)
+        model.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True, assign=True)
+        return model.eval()
