@@ -1,0 +1,140 @@
+"""`attnlab explain TEXT`: what a real model's attention does with your sentence.
+
+Runs a pretrained model once on the text, recording every attention weight, then writes a
+self-contained interactive page, prints a plain-language summary of one informative head and,
+on request, PNG heatmaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from attnlab.commands.common import UsageError, non_negative_int, positive_int
+
+MODELS = ("minilm", "smollm2")
+EXAMPLE = "The animal didn't cross the street because it was too tired."
+
+
+def _check_out(out: Path) -> None:
+    """Fail before the model loads when the page could not be written."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'attention.html'}")
+    folder = out.parent
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {out}: {folder} is a file, not a folder")
+    if not folder.is_dir():
+        raise UsageError(f"--out {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"--out {out}: no permission to write there")
+
+
+def _prepare_png_dir(png: Path) -> None:
+    """Create the ``--png`` folder now, so that a bad path fails before the model loads."""
+    try:
+        png.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"--png {png} is a file, not a folder") from None
+    except OSError as err:
+        raise UsageError(f"--png {png}: cannot create the folder ({err.strerror or err})") from None
+    if not os.access(png, os.W_OK):
+        raise UsageError(f"--png {png}: no permission to write in this folder")
+
+
+def _check_head_choice(args: argparse.Namespace, layers: int, heads: int) -> None:
+    if args.layer is not None and args.layer >= layers:
+        raise UsageError(f"--layer {args.layer} is out of range: {args.model} has layers 0 to {layers - 1}")
+    if args.head is not None and args.head >= heads:
+        raise UsageError(f"--head {args.head} is out of range: {args.model} has heads 0 to {heads - 1}")
+
+
+def run(args: argparse.Namespace) -> None:
+    if not args.text.strip():
+        raise UsageError(f'TEXT is empty; give a sentence to explain, e.g. attnlab explain "{EXAMPLE}"')
+    if args.head is not None and args.layer is None:
+        raise UsageError(f"--head {args.head} needs --layer too (which layer's head {args.head}?)")
+    out = Path(args.out)
+    _check_out(out)
+    if args.png is not None:
+        _prepare_png_dir(Path(args.png))
+
+    # Heavy imports (torch, matplotlib) only once the arguments are known to be usable.
+    from rich.console import Console
+
+    from attnlab.explain.collect import build_explanation
+    from attnlab.explain.page import write_page
+    from attnlab.explain.plots import write_heatmaps
+    from attnlab.explain.summary import print_summary, summary_json
+    from attnlab.models.pretrained import MissingPackageError, load_pretrained
+
+    status = Console(stderr=True)
+    with status.status(f"Loading {args.model}..."):
+        try:
+            model, tokenizer = load_pretrained(args.model)
+        except MissingPackageError as err:
+            raise UsageError(str(err)) from None
+    _check_head_choice(args, model.config.num_layers, model.config.num_heads)
+    with status.status("Running the model once, recording every attention weight..."):
+        try:
+            data = build_explanation(model, tokenizer, args.text, model_name=args.model,
+                                     layer=args.layer, head=args.head, max_tokens=args.max_tokens)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    with status.status("Writing the page and pictures..."):
+        try:
+            page = write_page(data, out).resolve()
+        except OSError as err:
+            raise UsageError(str(err)) from None
+        pngs = []
+        if args.png is not None:
+            selected = data["selected"]
+            try:
+                pngs = write_heatmaps(data, args.png, selected["layer"], selected["head"])
+            except OSError as err:
+                raise UsageError(f"--png {args.png}: {err}") from None
+    png_names = [str(p.resolve()) for p in pngs]
+    if args.json:
+        print(json.dumps(summary_json(data, str(page), png_names), indent=2, ensure_ascii=False))
+    else:
+        print_summary(data, str(page), png_names, Console())
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    explain = sub.add_parser(
+        "explain",
+        help="show what a pretrained model's attention does with your text",
+        description="Run a pretrained model once on TEXT, record every attention weight, and "
+        "explain it: a summary here (for each word, the words it looks at most in one "
+        "informative head), an interactive page to open in a browser (every layer and head, "
+        "and the query/key/value arithmetic step by step) and, with --png, heatmap pictures. "
+        "Layers and heads are numbered from 0.",
+        epilog=f'example:\n  attnlab explain "{EXAMPLE}"\n'
+        f'  attnlab explain "{EXAMPLE}" --model smollm2 --layer 3 --head 7 --png pictures/',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.add_argument("text", metavar="TEXT", help="the text to explain (quote it)")
+    explain.add_argument(
+        "--model", choices=MODELS, default="minilm",
+        help="minilm: all-MiniLM-L6-v2, a sentence encoder where every word sees every word; "
+        "smollm2: SmolLM2-135M-Instruct, a chat model where each token sees only earlier "
+        "tokens (default: minilm)",
+    )
+    explain.add_argument("--layer", type=non_negative_int, default=None,
+                         help="summarise this layer (default: the most informative head's layer)")
+    explain.add_argument("--head", type=non_negative_int, default=None,
+                         help="summarise this head of --layer (default: the layer's most "
+                         "informative head)")
+    explain.add_argument("--out", default="attention.html",
+                         help="where to write the interactive page (default: attention.html)")
+    explain.add_argument("--png", metavar="DIR", default=None,
+                         help="also write heatmap PNGs of the head and its layer into DIR")
+    explain.add_argument(
+        "--max-tokens", type=positive_int, default=None,
+        help="refuse texts longer than this many tokens; the page holds every weight of every "
+        "head, layers x heads x tokens² numbers (default: 117 for minilm, 60 for smollm2)",
+    )
+    explain.add_argument("--json", action="store_true",
+                         help="print a machine-readable summary instead of the text")
+    explain.set_defaults(run=run)

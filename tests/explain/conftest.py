@@ -1,0 +1,139 @@
+"""Session fixtures for the explain tests: real models and their explanations, loaded once.
+
+``minilm`` is ``(BertEncoder, BertTokenizer)`` as ``load_pretrained("minilm")`` returns them
+(loaded directly, so that CLI tests may stand ``load_pretrained`` in for these fixtures);
+``minilm_explanation`` is :func:`build_explanation` of :data:`EXAMPLE` with it. ``smollm2`` and
+``smollm2_explanation`` are the same for SmolLM2 and :data:`SHORT`. ``tiny_decoder`` is a
+two-layer causal GQA model with RoPE built from :class:`MultiHeadAttention` plus a word
+tokenizer, honouring the models' contract, for fast tests of everything decoder-specific.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from attnlab.attention import MultiHeadAttention, RotaryEmbedding
+from attnlab.models.trace import LayerTrace
+
+EXAMPLE = "The animal didn't cross the street because it was too tired."
+SHORT = "The cat sat because it was tired."
+
+
+def _load(name: str):
+    """What ``load_pretrained(name)`` runs, called directly (CLI tests patch ``load_pretrained``)."""
+    module = importlib.import_module(f"attnlab.models.pretrained.{name}")
+    return getattr(module, f"load_{name}")()
+
+
+def _explain(loaded, text: str, name: str) -> dict:
+    from attnlab.explain.collect import build_explanation
+
+    model, tokenizer = loaded
+    return build_explanation(model, tokenizer, text, model_name=name)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return _load("minilm")
+
+
+@pytest.fixture(scope="session")
+def minilm_explanation(minilm):
+    return _explain(minilm, EXAMPLE, "minilm")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return _load("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_explanation(smollm2):
+    return _explain(smollm2, SHORT, "smollm2")
+
+
+@dataclass
+class TinyConfig:
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    embed_dim: int = 16
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+
+class TinyDecoder(nn.Module):
+    """Embedding, then pre-norm causal attention layers; ``(logits, traces)`` like LlamaDecoder."""
+
+    is_causal = True
+
+    def __init__(self, config: TinyConfig, vocab: int) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(vocab, config.embed_dim)
+        rope = RotaryEmbedding(config.head_dim)
+        self.norms = nn.ModuleList(nn.LayerNorm(config.embed_dim) for _ in range(config.num_layers))
+        self.attns = nn.ModuleList(
+            MultiHeadAttention(config.embed_dim, config.num_heads, num_kv_heads=config.num_kv_heads,
+                               rope=rope)
+            for _ in range(config.num_layers)
+        )
+
+    def forward(self, ids: torch.Tensor, *, return_traces: bool = False):
+        x = self.embed(ids)
+        traces = []
+        for index, (norm, attn) in enumerate(zip(self.norms, self.attns, strict=True)):
+            h = norm(x)
+            out, trace = attn(h, is_causal=True, return_trace=True)
+            traces.append(LayerTrace(layer=index, attn_input=h, attention=trace))
+            x = x + out
+        logits = x @ self.embed.weight.T
+        return (logits, traces) if return_traces else logits
+
+
+class WordTokenizer:
+    """``<s>`` then each space-separated word in pieces of at most 4 letters, later pieces marked
+    ``##`` as in WordPiece: ``"<s> sleep ##ing"``. Grows its vocabulary as it meets pieces."""
+
+    max_length = 16
+
+    def __init__(self) -> None:
+        self.vocab = ["<s>"]
+        self.special_ids = {0}
+
+    def encode(self, text: str) -> list[int]:
+        ids = [0]
+        for word in text.split():
+            for start in range(0, len(word), 4):
+                piece = ("##" if start else "") + word[start:start + 4]
+                if piece not in self.vocab:
+                    self.vocab.append(piece)
+                ids.append(self.vocab.index(piece))
+        return ids
+
+    def token_strings(self, ids: list[int]) -> list[str]:
+        return [self.vocab[i] for i in ids]
+
+    def word_ids(self, ids: list[int]) -> list[int | None]:
+        words, word = [], -1
+        for token in self.token_strings(ids):
+            if token == "<s>":
+                words.append(None)
+                continue
+            word += not token.startswith("##")
+            words.append(word)
+        return words
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder():
+    """``(TinyDecoder, WordTokenizer)`` with fixed random weights (vocabulary of 64)."""
+    torch.manual_seed(0)
+    return TinyDecoder(TinyConfig(), vocab=64).eval(), WordTokenizer()
