@@ -1,4 +1,14 @@
-"""Shared test configuration: the ``cuda`` marker's auto-skip and tiled block-size fixtures."""
+"""Shared test configuration: the ``cuda`` marker's auto-skip, tiled block-size fixtures, and the
+pretrained models, loaded once per session for every test folder.
+
+``minilm`` and ``smollm2`` are ``(model, tokenizer)`` as ``load_pretrained(name)`` returns them
+(built by calling the loaders directly, so that CLI tests may patch ``load_pretrained`` to hand
+back these fixtures). ``hf_smollm2`` is the ``transformers`` reference model (eager, float32)
+from the same GGUF file, and ``hf_smollm2_tokenizer`` its tokenizer: loading the reference
+dequantizes the whole file, so it happens once per run.
+"""
+
+import os
 
 import pytest
 import torch
@@ -38,3 +48,50 @@ def small_blocks(set_blocks):
     """8-query x 16-key tiles: short sequences already take the tiled backend's multi-block,
     partial-block and skipped-block paths."""
     set_blocks(8, 16)
+
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_folder():
+    from attnlab.models.pretrained.packages import package_folder
+    from attnlab.models.pretrained.smollm2 import PACKAGE, PIP_SPEC
+
+    return package_folder(PACKAGE, PIP_SPEC)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """``(BertEncoder, BertTokenizer)``."""
+    from attnlab.models.pretrained.minilm import load_minilm
+
+    return load_minilm()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """``(LlamaDecoder, LlamaTokenizer)``."""
+    from attnlab.models.pretrained.smollm2 import load_smollm2
+
+    return load_smollm2()
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2():
+    """The reference ``transformers`` LLaMA model from the same GGUF file (eager attention, float32)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        smollm2_folder(), gguf_file=GGUF_FILE, attn_implementation="eager", dtype=torch.float32
+    )
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_tokenizer():
+    """The reference ``transformers`` tokenizer converted from the GGUF file's metadata."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=GGUF_FILE)

@@ -12,7 +12,7 @@ import sys
 from attnlab.commands.common import UsageError
 
 # Order = order in `attnlab --help`.
-COMMAND_MODULES = ["demo"]
+COMMAND_MODULES = ["explain", "demo", "generate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,16 +1,13 @@
 """Session fixtures for the explain tests: real models and their explanations, loaded once.
 
-``minilm`` is ``(BertEncoder, BertTokenizer)`` as ``load_pretrained("minilm")`` returns them
-(loaded directly, so that CLI tests may stand ``load_pretrained`` in for these fixtures);
-``minilm_explanation`` is :func:`build_explanation` of :data:`EXAMPLE` with it. ``smollm2`` and
-``smollm2_explanation`` are the same for SmolLM2 and :data:`SHORT`. ``tiny_decoder`` is a
-two-layer causal GQA model with RoPE built from :class:`MultiHeadAttention` plus a word
-tokenizer, honouring the models' contract, for fast tests of everything decoder-specific.
+``minilm_explanation`` is :func:`build_explanation` of :data:`EXAMPLE` with the ``minilm``
+fixture (tests/conftest.py); ``smollm2_explanation`` the same for SmolLM2 and :data:`SHORT`.
+``tiny_decoder`` is a two-layer causal GQA model with RoPE built from :class:`MultiHeadAttention`
+plus a word tokenizer, honouring the models' contract, for fast tests of everything decoder-specific.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import pytest
@@ -24,12 +21,6 @@ EXAMPLE = "The animal didn't cross the street because it was too tired."
 SHORT = "The cat sat because it was tired."
 
 
-def _load(name: str):
-    """What ``load_pretrained(name)`` runs, called directly (CLI tests patch ``load_pretrained``)."""
-    module = importlib.import_module(f"attnlab.models.pretrained.{name}")
-    return getattr(module, f"load_{name}")()
-
-
 def _explain(loaded, text: str, name: str) -> dict:
     from attnlab.explain.collect import build_explanation
 
@@ -38,18 +29,8 @@ def _explain(loaded, text: str, name: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def minilm():
-    return _load("minilm")
-
-
-@pytest.fixture(scope="session")
 def minilm_explanation(minilm):
     return _explain(minilm, EXAMPLE, "minilm")
-
-
-@pytest.fixture(scope="session")
-def smollm2():
-    return _load("smollm2")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,171 @@
+"""`attnlab generate` (continue a prompt) and `attnlab chat` (talk to a chat model), streamed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from attnlab.commands.common import (
+    UsageError,
+    non_negative_float,
+    positive_int,
+    probability,
+)
+
+GENERATIVE_MODELS = ["smollm2"]
+
+
+def _load(name: str):
+    """``(model, tokenizer)``; a missing weights package is a usage error (one line, exit 2)."""
+    from attnlab.models.pretrained import MissingPackageError, load_pretrained
+
+    try:
+        return load_pretrained(name)
+    except MissingPackageError as err:
+        raise UsageError(str(err)) from None
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "seed": args.seed}
+
+
+def _print_dim(text: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(text, style="dim")
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    from attnlab.generation import stream_ids, stream_text
+
+    if not args.prompt.strip():
+        raise UsageError('the prompt is empty; give text to continue, '
+                         'e.g. attnlab generate "Once upon a time"')
+    model, tokenizer = _load(args.model)
+    prompt_ids = tokenizer.encode(args.prompt)
+    received: list[int] = []
+    start = time.perf_counter()
+    try:
+        tokens = stream_ids(model, prompt_ids, args.max_new_tokens, **_sampling(args),
+                            eos_ids=(tokenizer.eos_token_id,))
+        stream = stream_text(tokenizer, tokens, args.stop, received=received)
+    except ValueError as err:  # a prompt longer than the model's context, an empty --stop
+        raise UsageError(str(err)) from None
+    pieces = []
+    for piece in stream:
+        pieces.append(piece)
+        if not args.json:
+            print(piece, end="", flush=True)
+    seconds = time.perf_counter() - start
+    rate = len(received) / seconds
+    if args.json:
+        print(json.dumps({
+            "model": args.model,
+            "prompt": args.prompt,
+            "text": "".join(pieces),
+            "tokens": len(received),
+            "seconds": seconds,
+            "tokens_per_s": rate,
+            **_sampling(args),
+        }, indent=2))
+    else:
+        print(flush=True)
+        _print_dim(f"{len(received)} tokens in {seconds:.2f} s ({rate:.1f} tokens/s)")
+
+
+def _lines(interactive: bool):
+    """The user's lines: ``input()`` with a prompt on a terminal, plain lines from a pipe."""
+    if not interactive:
+        for line in sys.stdin:
+            yield line.rstrip("\n")
+        return
+    while True:
+        try:
+            yield input("> ")
+        except EOFError:
+            print()
+            return
+
+
+def run_chat(args: argparse.Namespace) -> None:
+    from attnlab.generation import ChatSession
+
+    model, tokenizer = _load(args.model)
+    chat = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
+                       **_sampling(args))
+    interactive = sys.stdin.isatty()
+    if interactive:
+        _print_dim(f"Chatting with {args.model}. Ctrl-D or /exit to leave, /reset to start over.")
+    for line in _lines(interactive):
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            return
+        if text == "/reset":
+            chat.reset()
+            _print_dim("(conversation cleared)")
+            continue
+        try:
+            reply = chat.send(text)
+        except ValueError as err:  # the conversation outgrew the model's context
+            _print_dim(f"{err}; /reset starts over")
+            continue
+        try:
+            for piece in reply:
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            print(" [interrupted]", end="")  # back to the prompt; the partial reply is kept
+        print(flush=True)
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    parser.add_argument("--model", choices=GENERATIVE_MODELS, default="smollm2",
+                        help="the pretrained model (default: smollm2)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
+                        help=f"most tokens to generate (default: {max_new_tokens})")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.7,
+                        help="sampling temperature; 0 = greedy, always the likeliest token "
+                        "(default: 0.7)")
+    parser.add_argument("--top-k", type=positive_int, default=None,
+                        help="sample only from the K likeliest tokens (default: all)")
+    parser.add_argument("--top-p", type=probability, default=None,
+                        help="sample only from the likeliest tokens that together hold "
+                        "probability P (nucleus sampling; default: all)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed: the same seed gives the same text (default: random)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    generate = sub.add_parser(
+        "generate",
+        help="continue a text prompt with a pretrained language model",
+        description="Continue PROMPT with a pretrained decoder, decoding with attnlab's KV cache. "
+        "The text streams to stdout as it is produced; the speed follows on stderr.",
+    )
+    generate.add_argument("prompt", metavar="PROMPT", help="the text to continue")
+    _add_sampling_arguments(generate, max_new_tokens=100)
+    generate.add_argument("--stop", action="append", metavar="TEXT",
+                          help="end the text right before TEXT (repeat for several)")
+    generate.add_argument("--json", action="store_true",
+                          help="print prompt, text, tokens and tokens/s as JSON instead of streaming")
+    generate.set_defaults(run=run_generate)
+
+    chat = sub.add_parser(
+        "chat",
+        help="chat with a pretrained instruction-tuned model",
+        description="Talk to a chat model through its chat template; the KV cache carries over "
+        "between turns. Each line you type is a message; replies stream as they are produced. "
+        "/reset forgets the conversation, /exit or Ctrl-D leaves. With stdin piped, every line "
+        "is answered in turn.",
+    )
+    _add_sampling_arguments(chat, max_new_tokens=256)
+    chat.add_argument("--system", metavar="TEXT", default=None,
+                      help="system message that sets the assistant's behaviour "
+                      "(default: the model's own)")
+    chat.set_defaults(run=run_chat)
