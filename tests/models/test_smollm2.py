@@ -431,3 +431,13 @@ def test_unwritable_cache_is_a_warning(smollm2, tmp_path, monkeypatch, capfd):
     model, _ = smollm2_module.load_smollm2()
     assert model is tiny
     assert "warning: could not write the cache" in capfd.readouterr().err
+
+
+def test_load_refuses_a_folder_saved_by_another_model_type(tmp_path):
+    from attnlab.models.bert import BertConfig, BertEncoder
+
+    config = BertConfig(vocab_size=20, embed_dim=8, num_layers=1, num_heads=2, num_kv_heads=2,
+                        ffn_dim=16, max_positions=16, type_vocab_size=2, layer_norm_eps=1e-12)
+    BertEncoder.from_config(config).save(tmp_path)
+    with pytest.raises(ValueError, match="holds a BertEncoder, not a LlamaDecoder"):
+        LlamaDecoder.load(tmp_path)

