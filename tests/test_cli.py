@@ -46,3 +46,13 @@ def test_demo_rejects_bad_numbers_without_traceback(bad):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "--seq-len" in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["explain", "--model", "gpt2", "hi"], ["explain"], [],
+                                  ["demo", "--heads", "0"]])
+def test_usage_errors_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "--help" in err

@@ -15,12 +15,20 @@ from attnlab.commands.common import UsageError
 COMMAND_MODULES = ["explain", "demo", "generate"]
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line (not the whole usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="attnlab",
         description="attnlab: self-attention made understandable and fast.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=OneLineErrorParser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"attnlab.commands.{name}").register(sub)
     return parser

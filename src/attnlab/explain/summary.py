@@ -112,7 +112,7 @@ def _quoted(label: str) -> str:
 
 def _link_line(link: dict, has_markers: bool) -> str:
     """``'it' looks most at 'animal' (38%) and 'street' (12%)``; where the rest goes (itself,
-    the markers) only when no other word gets a visible share."""
+    the markers) too when that is more than half of the word's attention."""
     word = _quoted(link["word"])
     rest = f"itself {link['itself']:.0%}" + (f", markers {link['markers']:.0%}" if has_markers else "")
     if not link["others_allowed"]:
@@ -121,6 +121,11 @@ def _link_line(link: dict, has_markers: bool) -> str:
     if not shown:
         return f"{word} hardly looks at other words ({rest})"
     targets = " and ".join(f"{_quoted(t['word'])} ({t['weight']:.0%})" for t in shown)
+    if link["itself"] + link["markers"] > 0.5:  # say so, or 'cross (3%)' would read as the main link
+        parts = [("the markers", link["markers"])] if has_markers else []
+        parts = sorted([*parts, ("itself", link["itself"])], key=lambda p: -p[1])
+        mostly = " and ".join(f"{name} ({share:.0%})" for name, share in parts if share >= 0.005)
+        return f"{word} looks most at {targets} among other words, but mostly at {mostly}"
     return f"{word} looks most at {targets}"
 
 
