@@ -1,0 +1,163 @@
+"""What a training run tells the outside: ``metrics.jsonl``, a progress display, ``loss.png``.
+
+``metrics.jsonl`` holds one JSON object per logged step and per evaluation, always with the keys
+of :data:`METRIC_KEYS` (null where that step measured nothing of the kind)::
+
+    {"step": 120, "loss": 2.31, "lr": 0.00098, "grad_norm": 0.84, "tokens_per_s": 12345.0,
+     "val_loss": null, "elapsed_s": 83.2}
+
+``step`` counts optimizer steps done; ``loss`` is the mean training loss of the steps since the
+previous line; ``elapsed_s`` is training time summed over every run that resumed this one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+METRIC_KEYS = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "val_loss", "elapsed_s")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file (an empty list when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLog:
+    """Appends records to ``metrics.jsonl``, one flushed line each, so a crash loses none."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def start(self, resumed_step: int | None) -> None:
+        """Begin a fresh log, or (resuming) keep only the records up to ``resumed_step``: lines
+        a crashed run wrote after its last checkpoint describe steps that will be redone."""
+        kept = [] if resumed_step is None else [
+            r for r in read_metrics(self.path) if r["step"] <= resumed_step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def append(self, record: dict) -> None:
+        line = json.dumps({key: record.get(key) for key in METRIC_KEYS})
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def format_record(record: dict, max_steps: int) -> str:
+    """One plain progress line, e.g. ``step 120/1000  loss 2.3100  lr 9.80e-04  grad 0.84
+    12,345 tok/s  val 2.4012  0:01:23``, with only the parts the record has."""
+    parts = [f"step {record['step']}/{max_steps}"]
+    if record.get("loss") is not None:
+        parts += [f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}", f"grad {record['grad_norm']:.2f}",
+                  f"{record['tokens_per_s']:,.0f} tok/s"]
+    if record.get("val_loss") is not None:
+        parts.append(f"val {record['val_loss']:.4f}")
+    parts.append(_clock(record["elapsed_s"]))
+    return "  ".join(parts)
+
+
+class ProgressDisplay:
+    """A ``rich`` progress bar (step, loss, val loss, tokens/s, ETA) when ``stream`` is a
+    terminal; otherwise one plain line per record. Silent when ``enabled`` is False (every rank
+    but 0 of a multi-process run). Use as a context manager."""
+
+    def __init__(self, *, max_steps: int, start_step: int, enabled: bool = True,
+                 stream: TextIO | None = None) -> None:
+        self.max_steps = max_steps
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled
+        self._progress = None
+        if enabled and self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val_loss]}"),
+                TextColumn("{task.fields[speed]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), console=Console(file=self.stream),
+            )
+            self._task = self._progress.add_task("train", total=max_steps, completed=start_step,
+                                                 loss="-", val_loss="-", speed="-")
+
+    def __enter__(self) -> ProgressDisplay:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self, step: int) -> None:
+        """Optimizer step ``step`` is done (moves the bar; plain mode waits for records)."""
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def record(self, record: dict) -> None:
+        """Show a metrics record (see :data:`METRIC_KEYS`)."""
+        if self._progress is not None:
+            fields = {}
+            if record.get("loss") is not None:
+                fields.update(loss=f"{record['loss']:.4f}", speed=f"{record['tokens_per_s']:,.0f}")
+            if record.get("val_loss") is not None:
+                fields["val_loss"] = f"{record['val_loss']:.4f}"
+            self._progress.update(self._task, **fields)
+        elif self.enabled:
+            print(format_record(record, self.max_steps), file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        """A line of text (above the bar when there is one)."""
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        elif self.enabled:
+            print(text, file=self.stream, flush=True)
+
+
+def plot_loss_curve(records: list[dict], path: str | os.PathLike, *, title: str) -> Path:
+    """Draw training and validation loss against the step into PNG ``path``; returns it.
+
+    Drawn on a bare matplotlib ``Figure`` (the Agg renderer, no pyplot), so no window opens and
+    the caller's matplotlib backend is left alone.
+    """
+    from matplotlib.figure import Figure
+
+    train = [(r["step"], r["loss"]) for r in records
+             if r.get("loss") is not None and math.isfinite(r["loss"])]
+    val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    figure = Figure(figsize=(7.5, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    if train:
+        axes.plot(*zip(*train, strict=True), label="training loss", color="#4c72b0", linewidth=1.2)
+    if val:
+        axes.plot(*zip(*val, strict=True), label="validation loss", color="#dd8452", marker="o",
+                  markersize=4, linewidth=1.5)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    if train or val:
+        axes.legend()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    return path
