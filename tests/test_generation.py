@@ -229,11 +229,19 @@ def test_eos_ids_end_generation_and_are_not_returned(tiny):
     assert generate_ids(tiny, prompt, 20, temperature=0, eos_ids=[greedy[5]]) == greedy[:5]
 
 
-def test_generation_stops_at_max_positions(tiny):
+def test_past_max_positions_the_context_slides(tiny):
     prompt = TOKENIZER.encode("m" * 122)  # max_positions = 128
-    assert len(generate_ids(tiny, prompt, 50, temperature=0)) == 6
-    assert len(generate_ids(tiny, prompt, 50, temperature=0, use_cache=False)) == 6
-    assert generate_ids(tiny, TOKENIZER.encode("m" * 128), 5) == []
+    cached = generate_ids(tiny, prompt, 20, temperature=0)
+    assert len(cached) == 20
+    assert generate_ids(tiny, prompt, 20, temperature=0, use_cache=False) == cached
+    # Reference: every step reads only the last 128 tokens.
+    sequence = list(prompt)
+    with torch.no_grad():
+        for _ in range(20):
+            logits = tiny(torch.tensor([sequence[-128:]]))[0, -1]
+            sequence.append(int(logits.argmax()))
+    assert cached == sequence[len(prompt):]
+    assert len(generate_ids(tiny, TOKENIZER.encode("m" * 128), 5, temperature=0)) == 5
 
 
 def test_a_prompt_longer_than_max_positions_is_refused(tiny):

@@ -145,6 +145,7 @@ def _decode(
     """
     sequence = list(prompt_ids)
     feed = sequence
+    limit = model.config.max_positions
     for _ in range(steps):
         # Inference mode is entered per step, never held across a `yield`: the caller's code
         # between two tokens must run in whatever autograd mode it chose.
@@ -153,18 +154,25 @@ def _decode(
             return
         yield token
         sequence.append(token)
-        feed = sequence if caches is None else [token]
+        if caches is not None and len(sequence) > limit:
+            caches = None  # the cache holds max_positions tokens: from here on the context slides
+        feed = sequence[-limit:] if caches is None else [token]
 
 
-def _room(model, context: int) -> int:
-    """New tokens that fit after ``context`` tokens; ValueError if the context alone is too long."""
+def _check_prompt_fits(model, context: int) -> None:
+    """ValueError if a prompt of ``context`` tokens is longer than the model can read at once."""
     max_positions = model.config.max_positions
     if context > max_positions:
         raise ValueError(
             f"the prompt is {context} tokens, more than the model's "
             f"max_positions={max_positions}"
         )
-    return max_positions - context
+
+
+def _room(model, context: int) -> int:
+    """New tokens that fit after ``context`` tokens without sliding the context (for chats)."""
+    _check_prompt_fits(model, context)
+    return model.config.max_positions - context
 
 
 def stream_ids(
@@ -184,11 +192,13 @@ def stream_ids(
     sampling = Sampling(temperature, top_k, top_p)
     if not prompt_ids:
         raise ValueError("the prompt has no tokens; the model needs at least one to continue")
-    # Prompt plus new tokens never exceed max_positions.
-    steps = min(max_new_tokens, _room(model, len(prompt_ids)))
+    _check_prompt_fits(model, len(prompt_ids))
+    steps = max_new_tokens
     generator = _new_generator(_model_device(model), seed)
-    # The last new token is never fed back, so the caches need one slot less than the sequence.
-    caches = _new_caches(model, len(prompt_ids) + steps - 1) if use_cache and steps else None
+    # The last new token is never fed back, so the caches need one slot less than the sequence;
+    # past max_positions the model reads a sliding context without them.
+    cache_len = min(len(prompt_ids) + steps - 1, model.config.max_positions)
+    caches = _new_caches(model, cache_len) if use_cache and steps else None
     return _decode(model, prompt_ids, steps, sampling, generator, caches, frozenset(eos_ids))
 
 
@@ -214,7 +224,8 @@ def generate_ids(
             the whole sequence every step (slower, same tokens up to float rounding).
         eos_ids: ids that end the generation; the one sampled is not returned.
 
-    Generation also ends when prompt plus new tokens reach ``model.config.max_positions``.
+    Once prompt plus new tokens pass ``model.config.max_positions``, each step reads only the
+    last ``max_positions`` tokens (a sliding context, re-run without the cache).
 
     Raises:
         ValueError: a bad argument (named, with its value), an empty prompt, or a prompt longer
@@ -352,8 +363,8 @@ def generate(
         stop: strings (or one string) that end the text: it stops right before the first one,
             even when it spans several tokens.
 
-    Generation ends at the tokenizer's ``eos_token_id``, after ``max_new_tokens``, or when the
-    sequence reaches ``model.config.max_positions``.
+    Generation ends at the tokenizer's ``eos_token_id`` or after ``max_new_tokens``; past
+    ``model.config.max_positions`` the model reads a sliding context (see :func:`generate_ids`).
 
     Raises:
         ValueError: a bad argument (named, with its value), an empty prompt, or a prompt longer
