@@ -1,4 +1,5 @@
-"""`attnlab generate` (continue a prompt) and `attnlab chat` (talk to a chat model), streamed."""
+"""`attnlab generate` (continue a prompt with a pretrained model or a trained GPT checkpoint) and
+`attnlab chat` (talk to a chat model), streamed."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from attnlab.commands.common import (
 )
 
 GENERATIVE_MODELS = ["smollm2"]
+DEFAULT_MODEL = "smollm2"
 
 
 def _load(name: str):
@@ -38,21 +40,34 @@ def _print_dim(text: str) -> None:
     Console(stderr=True, highlight=False).print(text, style="dim")
 
 
+def _load_source(args: argparse.Namespace) -> tuple:
+    """``(model, tokenizer, JSON fields naming them)`` from ``--checkpoint`` or ``--model``."""
+    if args.checkpoint is not None:
+        from attnlab.commands.eval import load_gpt_checkpoint
+
+        loaded = load_gpt_checkpoint(args.checkpoint)
+        return loaded.model, loaded.tokenizer, {"model": "gpt", "checkpoint": str(loaded.folder)}
+    name = args.model or DEFAULT_MODEL
+    return *_load(name), {"model": name}
+
+
 def run_generate(args: argparse.Namespace) -> None:
     from attnlab.generation import stream_ids, stream_text
 
     if not args.prompt.strip():
         raise UsageError('the prompt is empty; give text to continue, '
                          'e.g. attnlab generate "Once upon a time"')
-    model, tokenizer = _load(args.model)
-    prompt_ids = tokenizer.encode(args.prompt)
+    model, tokenizer, source = _load_source(args)
     received: list[int] = []
     start = time.perf_counter()
     try:
+        # A character outside a char-level vocabulary, a prompt longer than the model's context,
+        # an empty --stop: all ValueErrors that name the problem.
+        prompt_ids = tokenizer.encode(args.prompt)
         tokens = stream_ids(model, prompt_ids, args.max_new_tokens, **_sampling(args),
                             eos_ids=(tokenizer.eos_token_id,))
         stream = stream_text(tokenizer, tokens, args.stop, received=received)
-    except ValueError as err:  # a prompt longer than the model's context, an empty --stop
+    except ValueError as err:
         raise UsageError(str(err)) from None
     pieces = []
     for piece in stream:
@@ -63,7 +78,7 @@ def run_generate(args: argparse.Namespace) -> None:
     rate = len(received) / seconds
     if args.json:
         print(json.dumps({
-            "model": args.model,
+            **source,
             "prompt": args.prompt,
             "text": "".join(pieces),
             "tokens": len(received),
@@ -124,9 +139,12 @@ def run_chat(args: argparse.Namespace) -> None:
         print(flush=True)
 
 
+def _add_model_argument(parser, default: str | None) -> None:
+    parser.add_argument("--model", choices=GENERATIVE_MODELS, default=default,
+                        help=f"the pretrained model (default: {DEFAULT_MODEL})")
+
+
 def _add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    parser.add_argument("--model", choices=GENERATIVE_MODELS, default="smollm2",
-                        help="the pretrained model (default: smollm2)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
                         help=f"most tokens to generate (default: {max_new_tokens})")
     parser.add_argument("--temperature", type=non_negative_float, default=0.7,
@@ -144,11 +162,18 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int
 def register(sub: argparse._SubParsersAction) -> None:
     generate = sub.add_parser(
         "generate",
-        help="continue a text prompt with a pretrained language model",
-        description="Continue PROMPT with a pretrained decoder, decoding with attnlab's KV cache. "
-        "The text streams to stdout as it is produced; the speed follows on stderr.",
+        help="continue a text prompt with a pretrained language model or a trained GPT",
+        description="Continue PROMPT with a pretrained decoder (--model) or a GPT trained with "
+        "`attnlab train gpt` (--checkpoint), decoding with attnlab's KV cache. The text streams "
+        "to stdout as it is produced; the speed follows on stderr.",
     )
     generate.add_argument("prompt", metavar="PROMPT", help="the text to continue")
+    source = generate.add_mutually_exclusive_group()
+    # No default here: argparse then knows whether --model was given alongside --checkpoint.
+    _add_model_argument(source, default=None)
+    source.add_argument("--checkpoint", metavar="DIR", default=None,
+                        help="a GPT checkpoint folder, or a training --out folder (its latest "
+                        "checkpoint), instead of --model")
     _add_sampling_arguments(generate, max_new_tokens=100)
     generate.add_argument("--stop", action="append", metavar="TEXT",
                           help="end the text right before TEXT (repeat for several)")
@@ -164,6 +189,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "/reset forgets the conversation, /exit or Ctrl-D leaves. With stdin piped, every line "
         "is answered in turn.",
     )
+    _add_model_argument(chat, default=DEFAULT_MODEL)
     _add_sampling_arguments(chat, max_new_tokens=256)
     chat.add_argument("--system", metavar="TEXT", default=None,
                       help="system message that sets the assistant's behaviour "

