@@ -32,7 +32,8 @@ from attnlab.attention import (
     RotaryEmbedding,
 )
 from attnlab.models.checkpoint import SafetensorsModel
-from attnlab.models.llama import LlamaDecoder, TokenEmbedding
+from attnlab.models.decoder import DecoderMixin
+from attnlab.models.llama import TokenEmbedding
 from attnlab.models.trace import LayerTrace
 
 POSITIONS = ("rope", "learned")
@@ -126,7 +127,7 @@ class GPTBlock(nn.Module):
         return x, trace
 
 
-class GPT(SafetensorsModel, nn.Module):
+class GPT(DecoderMixin, SafetensorsModel, nn.Module):
     """A causal language model: token ids ``(batch, seq)`` -> next-token logits ``(batch, seq, vocab)``.
 
     The output projection is the token embedding matrix itself (weight tying): there is no
@@ -134,7 +135,6 @@ class GPT(SafetensorsModel, nn.Module):
     docstring); :meth:`load` reads a saved one.
     """
 
-    is_causal = True
     config_class = GPTConfig
 
     def __init__(self, config: GPTConfig) -> None:
@@ -175,11 +175,6 @@ class GPT(SafetensorsModel, nn.Module):
     def num_parameters(self) -> int:
         """Number of parameters, the tied embedding counted once."""
         return sum(p.numel() for p in self.parameters())
-
-    # Cache allocation and input checks are the LLaMA decoder's: they read only `embed`, `layers`
-    # and the config's `max_positions`, `num_kv_heads` and `head_dim`, which a GPT has alike.
-    new_caches = LlamaDecoder.new_caches
-    _check_inputs = LlamaDecoder._check_inputs
 
     def forward(
         self,

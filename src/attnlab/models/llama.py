@@ -22,6 +22,7 @@ from torch import nn
 
 from attnlab.attention import KVCache, MultiHeadAttention, RotaryEmbedding
 from attnlab.models.checkpoint import SafetensorsModel
+from attnlab.models.decoder import DecoderMixin
 from attnlab.models.trace import LayerTrace
 
 
@@ -131,7 +132,7 @@ class LlamaBlock(nn.Module):
         return x if trace is None else (x, trace)
 
 
-class LlamaDecoder(SafetensorsModel, nn.Module):
+class LlamaDecoder(DecoderMixin, SafetensorsModel, nn.Module):
     """A causal language model: token ids ``(batch, seq)`` -> next-token logits ``(batch, seq, vocab)``.
 
     With ``config.tie_embeddings`` the output projection is the embedding matrix itself (there is
@@ -139,7 +140,6 @@ class LlamaDecoder(SafetensorsModel, nn.Module):
     :func:`attnlab.models.pretrained.smollm2.load_smollm2`; a model built otherwise has none.
     """
 
-    is_causal = True
     config_class = LlamaConfig
 
     def __init__(self, config: LlamaConfig) -> None:
@@ -159,47 +159,6 @@ class LlamaDecoder(SafetensorsModel, nn.Module):
     def from_config(cls, config: LlamaConfig) -> LlamaDecoder:
         """A randomly initialised decoder (the ``nn`` modules' default initialisation)."""
         return cls(config)
-
-    def new_caches(
-        self, batch: int, max_len: int, *, dtype: torch.dtype | None = None, device=None
-    ) -> list[KVCache]:
-        """One empty :class:`KVCache` per layer, each ``(batch, num_kv_heads, max_len, head_dim)``.
-
-        ``dtype`` and ``device`` default to the model's parameters'.
-        """
-        if max_len > self.config.max_positions:
-            raise ValueError(
-                f"max_len={max_len} exceeds the model's max_positions={self.config.max_positions}"
-            )
-        weight = self.embed.weight
-        return [
-            KVCache(batch, self.config.num_kv_heads, max_len, self.config.head_dim,
-                    dtype=dtype or weight.dtype, device=device or weight.device)
-            for _ in self.layers
-        ]
-
-    def _check_inputs(self, input_ids: torch.Tensor, caches: list[KVCache] | None) -> None:
-        if input_ids.dim() != 2 or input_ids.dtype != torch.long:
-            raise ValueError(
-                f"input_ids must be a (batch, seq) long tensor, got {input_ids.dtype} "
-                f"of shape {tuple(input_ids.shape)}"
-            )
-        seq = input_ids.shape[1]
-        past = 0
-        if caches is not None:
-            if len(caches) != len(self.layers):
-                raise ValueError(f"need one cache per layer ({len(self.layers)}), got {len(caches)}")
-            past = caches[0].length
-            if past + seq > caches[0].max_len:
-                raise ValueError(
-                    f"KV cache overflow: {past} cached + {seq} new tokens = {past + seq} > "
-                    f"the cache's max_len={caches[0].max_len}"
-                )
-        if past + seq > self.config.max_positions:
-            raise ValueError(
-                f"{past} cached + {seq} new tokens = {past + seq} exceeds "
-                f"max_positions={self.config.max_positions}"
-            )
 
     def forward(
         self,
