@@ -1,4 +1,4 @@
-"""Models built from :mod:`attnlab.attention`: pretrained BERT (MiniLM) and LLaMA (SmolLM2), ...
+"""Models built from :mod:`attnlab.attention`: pretrained BERT (MiniLM) and LLaMA (SmolLM2), and a GPT.
 
 Classes are imported lazily so that ``import attnlab.models`` stays cheap.
 """
