@@ -1,4 +1,5 @@
-"""Models built from :mod:`attnlab.attention`: pretrained BERT (MiniLM) and LLaMA (SmolLM2), and a GPT.
+"""Models built from :mod:`attnlab.attention`: pretrained BERT (MiniLM) and LLaMA (SmolLM2), a GPT,
+and translators (a Transformer and an LSTM baseline).
 
 Classes are imported lazily so that ``import attnlab.models`` stays cheap.
 """
@@ -16,6 +17,10 @@ _LAZY = {
     "GPTConfig": "attnlab.models.gpt",
     "GPT_PRESETS": "attnlab.models.gpt",
     "LayerTrace": "attnlab.models.trace",
+    "Seq2SeqTransformer": "attnlab.models.seq2seq",
+    "Seq2SeqConfig": "attnlab.models.seq2seq",
+    "LSTMSeq2Seq": "attnlab.models.lstm_seq2seq",
+    "LSTMSeq2SeqConfig": "attnlab.models.lstm_seq2seq",
     "load_pretrained": "attnlab.models.pretrained",
     "MissingPackageError": "attnlab.models.pretrained",
     "PRETRAINED": "attnlab.models.pretrained",
