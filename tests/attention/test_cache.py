@@ -95,3 +95,15 @@ def test_filled_views_cover_only_appended_steps():
 def test_non_positive_sizes_are_rejected():
     with pytest.raises(ValueError, match="max_len=0"):
         KVCache(1, 1, 0, 4)
+
+
+def test_reorder_keeps_the_chosen_rows_and_the_filled_length():
+    cache = KVCache(3, 2, 8, 4)
+    key, value = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    cache.append(key, value)
+    rows = torch.tensor([2, 2, 0])
+    cache.reorder(rows)
+    k, v = cache.filled()
+    assert cache.length == 5 and k.shape == (3, 2, 5, 4)
+    torch.testing.assert_close(k, key[rows], rtol=0, atol=0)
+    torch.testing.assert_close(v, value[rows], rtol=0, atol=0)

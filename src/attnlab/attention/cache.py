@@ -104,6 +104,12 @@ class KVCache:
         """Views of the filled part: ``(batch, kv_heads, length, head_dim)`` keys and the values."""
         return self.key[:, :, : self._length], self.value[:, :, : self._length]
 
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Keep the batch rows ``indices`` ``(new_batch,)`` (repeats allowed), e.g. the surviving
+        hypotheses of a beam search. The filled length is shared by all rows, so it stays valid."""
+        self.key = self.key.index_select(0, indices)
+        self.value = self.value.index_select(0, indices)
+
     def reset(self) -> None:
         """Forget every cached step; the buffers are kept (and later overwritten), not zeroed."""
         self._length = 0

@@ -302,9 +302,6 @@ class Seq2SeqTransformer(SafetensorsModel, nn.Module):
         """The state of rows ``indices`` ``(new_rows,)``: every cache, memory row and mask selected."""
         for pair in state.caches:
             for cache in pair:
-                # KVCache has no reorder of its own; its buffers are plain attributes, and the
-                # filled length is the same for every row, so selecting rows keeps it valid.
-                cache.key = cache.key.index_select(0, indices)
-                cache.value = cache.value.index_select(0, indices)
+                cache.reorder(indices)
         return DecoderState(state.caches, state.memory.index_select(0, indices),
                             state.src_padding.index_select(0, indices))
