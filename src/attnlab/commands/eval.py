@@ -1,4 +1,5 @@
-"""`attnlab eval gpt`: a trained GPT's loss on all of the held-out Shakespeare works."""
+"""`attnlab eval gpt|translate`: a trained GPT's loss on the held-out Shakespeare works, a
+translator's BLEU and chrF on the held-out Bible books."""
 
 from __future__ import annotations
 
@@ -82,6 +83,69 @@ def run_eval_gpt(args: argparse.Namespace) -> None:
         _print_result(result)
 
 
+def evaluate_translation(loaded, max_sentences: int | None, beam: int, batch_size: int = 16) -> dict:
+    """sacreBLEU corpus BLEU and chrF of a loaded translator on the held-out test books (all their
+    verses, or ``max_sentences`` spread evenly over them), with a progress bar on stderr."""
+    from rich.progress import track
+    from sacrebleu.metrics import BLEU, CHRF
+
+    from attnlab.data.bible import HELD_OUT_BOOKS, BibleDataError, split_pairs, verse_pairs
+    from attnlab.train.translate_task import spread, translate
+
+    try:
+        pairs = spread(split_pairs(verse_pairs())[2], max_sentences)
+    except BibleDataError as err:
+        raise UsageError(str(err)) from None
+    start = time.perf_counter()
+    hypotheses: list[str] = []
+    for first in track(range(0, len(pairs), batch_size), description="translating",
+                       console=_stderr_console(), transient=True):
+        group = pairs[first:first + batch_size]
+        hypotheses += translate(loaded.model, loaded.tokenizer, [pair.en for pair in group], beam=beam)
+    references = [pair.es for pair in pairs]
+    bleu, chrf = BLEU(), CHRF()
+    bleu_score = bleu.corpus_score(hypotheses, [references])
+    chrf_score = chrf.corpus_score(hypotheses, [references])
+    return {
+        "checkpoint": str(loaded.folder),
+        "step": loaded.step,
+        "preset": loaded.meta.get("preset"),
+        "arch": loaded.meta.get("arch"),
+        "test_books": list(HELD_OUT_BOOKS),
+        "sentences": len(pairs),
+        "beam": beam,
+        "bleu": bleu_score.score,
+        "chrf": chrf_score.score,
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+        "examples": [{"en": p.en, "reference": p.es, "hypothesis": h}
+                     for p, h in zip(pairs[:3], hypotheses, strict=False)],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def run_eval_translate(args: argparse.Namespace) -> None:
+    from attnlab.commands.translate import load_translator
+
+    result = evaluate_translation(load_translator(args.checkpoint), args.max_sentences, args.beam)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    print(f"checkpoint  {result['checkpoint']} (step {result['step']}, preset {result['preset']}, "
+          f"{result['arch']})")
+    print(f"test books  {', '.join(result['test_books'])}: {result['sentences']} verses, "
+          f"beam {result['beam']}")
+    print(f"BLEU        {result['bleu']:.2f}  ({result['bleu_signature']})")
+    print(f"chrF        {result['chrf']:.2f}  ({result['chrf_signature']})")
+    print(f"time        {result['seconds']:.1f} s")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     evaluate_ = sub.add_parser(
         "eval",
@@ -105,3 +169,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "always the same ones (default: all)")
     gpt.add_argument("--json", action="store_true", help="print the results as JSON")
     gpt.set_defaults(run=run_eval_gpt)
+    translate = kinds.add_parser(
+        "translate",
+        help="a translator's BLEU and chrF on the held-out Bible books",
+        description="Translate the verses of the held-out test books with beam search and score "
+        "them against the Reina-Valera 1909 with sacreBLEU's corpus BLEU and chrF (signatures "
+        "printed).",
+    )
+    translate.add_argument("--checkpoint", metavar="DIR", required=True,
+                           help="a checkpoint folder, or a training --out folder (its latest checkpoint)")
+    translate.add_argument("--max-sentences", type=positive_int, metavar="N", default=None,
+                           help="score N verses spread evenly over the test books (default: all)")
+    translate.add_argument("--beam", type=positive_int, metavar="N", default=4,
+                           help="beams in beam search (default: 4)")
+    translate.add_argument("--json", action="store_true", help="print the results as JSON")
+    translate.set_defaults(run=run_eval_translate)

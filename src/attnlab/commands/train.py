@@ -1,4 +1,5 @@
-"""`attnlab train gpt`: train a GPT preset on Shakespeare, with checkpoints, resume and torchrun."""
+"""`attnlab train gpt|translate`: train a GPT on Shakespeare or an English -> Spanish translator on
+the Bible, with checkpoints, resume and torchrun."""
 
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ def _train_config(fields: dict, args: argparse.Namespace):
     return TrainConfig(**fields)
 
 
-def _resume_point(out_dir: Path, preset_name: str) -> tuple:
-    """``(tokenizer, step, TrainConfig fields)`` of the checkpoint ``--resume`` continues from,
-    after checking that it exists and was trained with the same preset.
+def _resume_point(out_dir: Path, task: str, preset_name: str, preset_train: dict) -> tuple:
+    """``(tokenizer, step, TrainConfig fields, meta)`` of the checkpoint ``--resume`` continues
+    from, after checking that it exists and holds a ``task`` run of the same preset.
 
     The fields that define what a step computes are the checkpoint's, so that a short first run
     (``--max-steps`` below the preset's warmup) can be continued; those a resumed run may change
@@ -70,15 +71,14 @@ def _resume_point(out_dir: Path, preset_name: str) -> tuple:
                          "leave out --resume to start from scratch")
     state = read_trainer_state(folder)
     meta = state.get("meta", {})
-    if meta.get("task") != "gpt":
-        raise UsageError(f"--resume: {folder} holds a {meta.get('task')!r} run, not a GPT; "
+    if meta.get("task") != task:
+        raise UsageError(f"--resume: {folder} holds a {meta.get('task')!r} run, not a {task!r} one; "
                          "give another --out")
     if meta.get("preset") != preset_name:
         raise UsageError(f"--resume: {folder} was trained with preset {meta.get('preset')!r}, not "
                          f"{preset_name!r}; give --preset {meta.get('preset')} or another --out")
-    preset_fields = {name: value for name, value in gpt_preset(preset_name).train.items()
-                     if name in RESUMABLE_CHANGES}
-    return load_tokenizer(folder), state["step"], {**state["train_config"], **preset_fields}
+    preset_fields = {name: value for name, value in preset_train.items() if name in RESUMABLE_CHANGES}
+    return load_tokenizer(folder), state["step"], {**state["train_config"], **preset_fields}, meta
 
 
 def _check_fresh(out_dir: Path) -> None:
@@ -117,24 +117,40 @@ def _print_summary(summary: dict) -> None:
     print(f"loss curve  {summary['loss_curve']}")
 
 
+def _starting_point(out_dir: Path, args: argparse.Namespace, task: str, preset) -> tuple:
+    """``(tokenizer or None, first step, TrainConfig, saved meta)`` of a run: the latest
+    checkpoint's with ``--resume``, else a fresh start (after checking ``out_dir`` holds none)."""
+    if args.resume:
+        tokenizer, first_step, fields, meta = _resume_point(out_dir, task, preset.name, preset.train)
+    else:
+        _check_fresh(out_dir)
+        tokenizer, first_step, fields, meta = None, 0, preset.train, {}
+    try:
+        return tokenizer, first_step, _train_config(fields, args), meta
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _run_training(model, task, config, out_dir: Path, args: argparse.Namespace, meta: dict):
+    """:func:`attnlab.train.train`, a checkpoint it cannot use reported as a UsageError."""
+    from attnlab.train import train
+    from attnlab.train.checkpoint import CheckpointError
+
+    try:
+        return train(model, task, config, out_dir, resume=args.resume, meta=meta)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
+
+
 def run_train_gpt(args: argparse.Namespace) -> None:
     from attnlab.models.gpt import GPT
     from attnlab.models.pretrained import MissingPackageError
-    from attnlab.train import seed_everything, train
-    from attnlab.train.checkpoint import CheckpointError
+    from attnlab.train import seed_everything
     from attnlab.train.lm_task import LanguageModelTask
 
     preset = gpt_preset(args.preset)
     out_dir = Path(args.out or Path("runs") / preset.name)
-    if args.resume:
-        tokenizer, first_step, fields = _resume_point(out_dir, preset.name)
-    else:
-        _check_fresh(out_dir)
-        tokenizer, first_step, fields = None, 0, preset.train
-    try:
-        config = _train_config(fields, args)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    tokenizer, first_step, config, _ = _starting_point(out_dir, args, "gpt", preset)
     try:
         task = LanguageModelTask.from_preset(preset, config, tokenizer=tokenizer)
     except MissingPackageError as err:
@@ -143,10 +159,7 @@ def run_train_gpt(args: argparse.Namespace) -> None:
     seed_everything(config.seed)
     model = GPT(preset.config(task.tokenizer.vocab_size))
     meta = {"task": "gpt", "preset": preset.name, "tokenizer": preset.tokenizer}
-    try:
-        result = train(model, task, config, out_dir, resume=args.resume, meta=meta)
-    except CheckpointError as err:
-        raise UsageError(str(err)) from None
+    result = _run_training(model, task, config, out_dir, args, meta)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
         return
     summary = _summary(result, task, preset.name, first_step)
@@ -156,10 +169,79 @@ def run_train_gpt(args: argparse.Namespace) -> None:
         _print_summary(summary)
 
 
+def translate_preset(name: str):
+    """The :class:`attnlab.train.translate_task.TranslatePreset` called ``name``; UsageError
+    listing the valid ones."""
+    from attnlab.train.translate_task import TRANSLATE_PRESETS
+
+    if name not in TRANSLATE_PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose from: {', '.join(TRANSLATE_PRESETS)}")
+    return TRANSLATE_PRESETS[name]
+
+
+def run_train_translate(args: argparse.Namespace) -> None:
+    from attnlab.data.bible import BibleDataError
+    from attnlab.train import seed_everything
+    from attnlab.train.translate_task import TranslationTask, build_model
+
+    preset = translate_preset(args.preset)
+    out_dir = Path(args.out or Path("runs") / f"translate-{preset.name}-{args.arch}")
+    tokenizer, first_step, config, saved = _starting_point(out_dir, args, "translate", preset)
+    if args.resume and saved.get("arch") != args.arch:
+        raise UsageError(f"--resume: {out_dir} holds a {saved.get('arch')!r} model, not "
+                         f"--arch {args.arch}; give --arch {saved.get('arch')} or another --out")
+    try:
+        task = TranslationTask.from_preset(preset, config, tokenizer=tokenizer)
+    except BibleDataError as err:
+        raise UsageError(str(err)) from None
+    seed_everything(config.seed)
+    model = build_model(args.arch, preset, task.tokenizer)
+    meta = {"task": "translate", "preset": preset.name, "arch": args.arch}
+    result = _run_training(model, task, config, out_dir, args, meta)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    summary = {
+        "preset": preset.name,
+        "arch": args.arch,
+        "first_step": first_step,
+        "steps": result.final_step,
+        "val_loss_nats_per_token": result.val_loss,
+        "elapsed_s": result.elapsed_s,
+        "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
+        "metrics": str(result.metrics_path),
+        "loss_curve": None if result.curve_path is None else str(result.curve_path),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"preset      {preset.name} ({args.arch})")
+    print(f"steps       {first_step} -> {result.final_step} in {result.elapsed_s:.1f} s")
+    if result.val_loss is not None:
+        print(f"val loss    {result.val_loss:.4f} nats/target token (label-smoothed)")
+    print(f"checkpoint  {summary['checkpoint']}")
+    print(f"metrics     {summary['metrics']}")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every ``attnlab train`` kind shares (all but --preset)."""
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="folder for checkpoints, metrics and the loss curve")
+    parser.add_argument("--max-minutes", type=positive_minutes, metavar="M", default=None,
+                        help="stop after M minutes of training (default: the preset's)")
+    parser.add_argument("--max-steps", type=positive_int, metavar="N", default=None,
+                        help="stop after N optimizer steps (default: the preset's; warmup is cut to N "
+                        "when longer)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest complete checkpoint in --out")
+    parser.add_argument("--seed", type=non_negative_int, default=None,
+                        help="seed of the weights and the data order (default: the preset's)")
+    parser.add_argument("--json", action="store_true", help="print the final summary as JSON")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train",
-        help="train a model from scratch (a GPT on Shakespeare)",
+        help="train a model from scratch (a GPT on Shakespeare, a translator on the Bible)",
         description="Train a model from scratch with checkpoints that survive crashes. "
         "Run it under `torchrun --nproc_per_node=N -m attnlab train ...` to train on N processes.",
     )
@@ -175,16 +257,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     gpt.add_argument("--preset", required=True,
                      help="model size and training settings: shakespeare-char-tiny (seconds), "
                      "shakespeare-char (~15 minutes on 2 CPU cores) or shakespeare-bpe")
-    gpt.add_argument("--out", metavar="DIR", default=None,
-                     help="folder for checkpoints, metrics and the loss curve (default: runs/PRESET)")
-    gpt.add_argument("--max-minutes", type=positive_minutes, metavar="M", default=None,
-                     help="stop after M minutes of training (default: the preset's)")
-    gpt.add_argument("--max-steps", type=positive_int, metavar="N", default=None,
-                     help="stop after N optimizer steps (default: the preset's; warmup is cut to N "
-                     "when longer)")
-    gpt.add_argument("--resume", action="store_true",
-                     help="continue from the latest complete checkpoint in --out")
-    gpt.add_argument("--seed", type=non_negative_int, default=None,
-                     help="seed of the weights and the data order (default: the preset's)")
-    gpt.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    _add_run_options(gpt)
     gpt.set_defaults(run=run_train_gpt)
+    translate = kinds.add_parser(
+        "translate",
+        help="an English -> Spanish translator on the Bible",
+        description="Train an English -> Spanish translator on the KJV and the Reina-Valera 1909 "
+        "(Debian sword-text-kjv and sword-text-sparv), validation and test books held out. "
+        "Checkpoints go to OUT/checkpoints (default OUT: runs/translate-PRESET-ARCH).",
+    )
+    translate.add_argument("--preset", required=True,
+                           help="tiny (about a minute, for tests) or base (about 30 minutes)")
+    translate.add_argument("--arch", choices=("transformer", "lstm"), default="transformer",
+                           help="a Transformer encoder-decoder or the LSTM-with-attention baseline")
+    _add_run_options(translate)
+    translate.set_defaults(run=run_train_translate)

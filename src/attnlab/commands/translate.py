@@ -1,0 +1,79 @@
+"""`attnlab translate`: English -> Spanish with a translator trained by `attnlab train translate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from attnlab.commands.common import UsageError, non_negative_float, positive_int
+
+
+def load_translator(path: str):
+    """The :class:`attnlab.train.checkpoint.LoadedCheckpoint` of a translation run (a checkpoint
+    folder or a run's ``--out`` folder); UsageError for a missing folder, a damaged checkpoint or
+    another task's checkpoint."""
+    from attnlab.train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        loaded = load_checkpoint(path)
+    except (CheckpointError, OSError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    if loaded.meta.get("task") != "translate":
+        raise UsageError(f"{loaded.folder} holds a {loaded.meta.get('task')!r} run, not a translator "
+                         "(train one with `attnlab train translate`)")
+    if loaded.tokenizer is None:
+        raise UsageError(f"{loaded.folder} has no tokenizer beside its model")
+    return loaded
+
+
+def _input_lines(text: str | None) -> list[str]:
+    """The sentences to translate: ``text``, or stdin's non-blank lines when it is None or ``-``."""
+    if text is None or text == "-":
+        lines = [line.strip() for line in sys.stdin]
+        lines = [line for line in lines if line]
+        if not lines:
+            raise UsageError("no text to translate on standard input")
+        return lines
+    if not text.strip():
+        raise UsageError(f"TEXT must not be empty, got {text!r}")
+    return [text.strip()]
+
+
+def run_translate(args: argparse.Namespace) -> None:
+    from attnlab.train.translate_task import translate
+
+    sentences = _input_lines(args.text)
+    loaded = load_translator(args.checkpoint)
+    outputs = translate(loaded.model, loaded.tokenizer, sentences, beam=args.beam,
+                        length_penalty=args.length_penalty, greedy=args.greedy)
+    if args.json:
+        print(json.dumps({"checkpoint": str(loaded.folder), "decoding": "greedy" if args.greedy else
+                          f"beam {args.beam}, length penalty {args.length_penalty}",
+                          "translations": [{"en": en, "es": es} for en, es in zip(sentences, outputs,
+                                                                                   strict=True)]},
+                         indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(outputs))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "translate",
+        help="translate English into Spanish with a trained translator",
+        description="Translate English sentences into Spanish with a checkpoint of "
+        "`attnlab train translate`: beam search (GNMT length penalty) or greedy decoding. "
+        "One translation per line, in the order of the input.",
+    )
+    parser.add_argument("text", nargs="?", default=None, metavar="TEXT",
+                        help="the English text; read one sentence per line from stdin when left "
+                        "out or '-'")
+    parser.add_argument("--checkpoint", metavar="DIR", required=True,
+                        help="a checkpoint folder, or a training --out folder (its latest checkpoint)")
+    parser.add_argument("--beam", type=positive_int, default=4, metavar="N",
+                        help="beams in beam search (default: 4)")
+    parser.add_argument("--length-penalty", type=non_negative_float, default=1.0, metavar="A",
+                        help="GNMT length penalty alpha; 0 ranks by raw log-probability (default: 1.0)")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
+    parser.add_argument("--json", action="store_true", help="print sentences and translations as JSON")
+    parser.set_defaults(run=run_translate)
