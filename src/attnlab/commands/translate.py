@@ -55,6 +55,31 @@ def run_translate(args: argparse.Namespace) -> None:
                          indent=2, ensure_ascii=False))
     else:
         print("\n".join(outputs))
+    if args.show_attention or args.png:
+        _write_alignment(args, loaded, sentences[0], outputs[0])
+
+
+def _write_alignment(args: argparse.Namespace, loaded, sentence: str, translation: str) -> None:
+    """Write the alignment page and/or PNG of the first sentence and print their paths (to stderr
+    under --json, so stdout stays one JSON document)."""
+    from pathlib import Path
+
+    from attnlab.explain.alignment import alignment_data, write_alignment_page, write_alignment_png
+
+    # The translation is re-encoded: its attention is what the model gives those tokens when
+    # reading them back, teacher-forced, which is what the heatmap labels show.
+    data = alignment_data(loaded.model, loaded.tokenizer, sentence, loaded.tokenizer.encode(translation))
+    out = sys.stderr if args.json else sys.stdout
+    try:
+        if args.show_attention:
+            print(f"attention page: {write_alignment_page(data, args.show_attention)}", file=out)
+        if args.png:
+            folder = Path(args.png)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"cannot write the PNG: --png {args.png!r} is not an existing folder")
+            print(f"attention PNG: {write_alignment_png(data, folder / 'alignment.png')}", file=out)
+    except OSError as error:
+        raise UsageError(str(error)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,4 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="GNMT length penalty alpha; 0 ranks by raw log-probability (default: 1.0)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
     parser.add_argument("--json", action="store_true", help="print sentences and translations as JSON")
+    parser.add_argument("--show-attention", metavar="PAGE.html", default=None,
+                        help="also write an HTML heatmap of where each Spanish token looked in the "
+                        "English sentence (the first sentence when several)")
+    parser.add_argument("--png", metavar="DIR", default=None,
+                        help="also write that heatmap as DIR/alignment.png")
     parser.set_defaults(run=run_translate)
