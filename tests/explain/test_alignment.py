@@ -140,8 +140,7 @@ def test_unwritable_paths_raise_one_line_oserror(datas, tmp_path, writer):
 
 
 def test_cli_writes_page_and_png(checkpoints, tmp_path):
-    page, folder = tmp_path / "align.html", tmp_path / "pngs"
-    folder.mkdir()
+    page, folder = tmp_path / "align.html", tmp_path / "pngs"  # the PNG folder is created
     done = _attnlab("translate", "--checkpoint", checkpoints["transformer"], "--greedy", SENTENCE,
                     "--show-attention", str(page), "--png", str(folder))
     assert done.returncode == 0, done.stderr
@@ -163,10 +162,20 @@ def test_cli_json_stays_parseable_with_show_attention(checkpoints, tmp_path):
     assert f"attention page: {page}" in done.stderr and page.exists()
 
 
-@pytest.mark.parametrize("flag", ["--show-attention", "--png"])
-def test_cli_unwritable_path_is_one_line_and_exit_2(checkpoints, tmp_path, flag):
-    target = tmp_path / "missing" / ("a.html" if flag == "--show-attention" else "")
-    done = _attnlab("translate", "--checkpoint", checkpoints["lstm"], "--greedy", SENTENCE, flag, str(target))
+def test_cli_unwritable_page_is_one_line_and_exit_2(checkpoints, tmp_path):
+    target = tmp_path / "missing" / "a.html"
+    done = _attnlab("translate", "--checkpoint", checkpoints["lstm"], "--greedy", SENTENCE,
+                    "--show-attention", str(target))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("attnlab translate: error:") and "missing" in lines[0]
+
+
+def test_cli_png_path_that_is_a_file_is_one_line_and_exit_2(checkpoints, tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+    done = _attnlab("translate", "--checkpoint", checkpoints["lstm"], "--greedy", SENTENCE,
+                    "--png", str(target))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == f"attnlab translate: error: --png {target} is a file, not a folder"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -51,3 +53,15 @@ def non_negative_float(text: str) -> float:
     if not value >= 0.0:  # also rejects nan
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def prepare_png_dir(png: Path) -> None:
+    """Create the ``--png`` folder now, so that a bad path fails before the model loads."""
+    try:
+        png.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"--png {png} is a file, not a folder") from None
+    except OSError as err:
+        raise UsageError(f"--png {png}: cannot create the folder ({err.strerror or err})") from None
+    if not os.access(png, os.W_OK):
+        raise UsageError(f"--png {png}: no permission to write in this folder")

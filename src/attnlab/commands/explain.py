@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from attnlab.commands.common import UsageError, non_negative_int, positive_int
+from attnlab.commands.common import UsageError, non_negative_int, positive_int, prepare_png_dir
 
 MODELS = ("minilm", "smollm2")
 EXAMPLE = "The animal didn't cross the street because it was too tired."
@@ -31,18 +31,6 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"--out {out}: no permission to write there")
 
 
-def _prepare_png_dir(png: Path) -> None:
-    """Create the ``--png`` folder now, so that a bad path fails before the model loads."""
-    try:
-        png.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UsageError(f"--png {png} is a file, not a folder") from None
-    except OSError as err:
-        raise UsageError(f"--png {png}: cannot create the folder ({err.strerror or err})") from None
-    if not os.access(png, os.W_OK):
-        raise UsageError(f"--png {png}: no permission to write in this folder")
-
-
 def _check_head_choice(args: argparse.Namespace, layers: int, heads: int) -> None:
     if args.layer is not None and args.layer >= layers:
         raise UsageError(f"--layer {args.layer} is out of range: {args.model} has layers 0 to {layers - 1}")
@@ -58,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     _check_out(out)
     if args.png is not None:
-        _prepare_png_dir(Path(args.png))
+        prepare_png_dir(Path(args.png))
 
     # Heavy imports (torch, matplotlib) only once the arguments are known to be usable.
     from rich.console import Console

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from attnlab.commands.common import UsageError, non_negative_float, positive_int
+from attnlab.commands.common import UsageError, non_negative_float, positive_int, prepare_png_dir
 
 
 def load_translator(path: str):
@@ -74,10 +74,8 @@ def _write_alignment(args: argparse.Namespace, loaded, sentence: str, translatio
         if args.show_attention:
             print(f"attention page: {write_alignment_page(data, args.show_attention)}", file=out)
         if args.png:
-            folder = Path(args.png)
-            if not folder.is_dir():
-                raise FileNotFoundError(f"cannot write the PNG: --png {args.png!r} is not an existing folder")
-            print(f"attention PNG: {write_alignment_png(data, folder / 'alignment.png')}", file=out)
+            prepare_png_dir(Path(args.png))
+            print(f"attention PNG: {write_alignment_png(data, Path(args.png) / 'alignment.png')}", file=out)
     except OSError as error:
         raise UsageError(str(error)) from None
 
