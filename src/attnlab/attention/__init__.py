@@ -14,6 +14,7 @@ from attnlab.attention.positions import (
     RotaryEmbedding,
     alibi_slopes,
     sinusoidal_positions,
+    sinusoidal_positions_2d,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "attention_trace",
     "choose_backend",
     "sinusoidal_positions",
+    "sinusoidal_positions_2d",
 ]

@@ -2,6 +2,8 @@
 
 - :func:`sinusoidal_positions` — the fixed ``(seq, dim)`` table of Vaswani et al. (2017), added
   to token embeddings.
+- :func:`sinusoidal_positions_2d` — the same table along the rows and the columns of a grid of
+  image patches (Vision Transformers).
 - :class:`LearnedPositionalEmbedding` — one trained vector per position (BERT, GPT-2), added to
   token embeddings.
 - :class:`RotaryEmbedding` — rotates query and key vectors by a position-dependent angle so that
@@ -43,6 +45,32 @@ def sinusoidal_positions(
     table = torch.where(torch.arange(dim) % 2 == 0, angles.sin(), angles.cos())
     return table.to(device=device, dtype=dtype or torch.get_default_dtype())
 
+
+
+def sinusoidal_positions_2d(
+    height: int,
+    width: int,
+    dim: int,
+    *,
+    base: float = 10000.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """A 2-D sinusoidal table for a ``height x width`` grid (image patches), ``(height * width, dim)``.
+
+    Row-major over the grid: entry ``r * width + c`` is the 1-D table of :func:`sinusoidal_positions`
+    for row ``r`` in its first ``dim / 2`` columns and for column ``c`` in the last ``dim / 2``
+    (as in MAE, He et al. 2021), so nearby patches get similar vectors along both axes.
+    ``dim`` must be even.
+    """
+    if height <= 0 or width <= 0 or dim <= 0 or dim % 2:
+        raise ValueError(f"need height > 0, width > 0 and an even dim > 0, got height={height}, "
+                         f"width={width}, dim={dim}")
+    rows = sinusoidal_positions(height, dim // 2, base=base, dtype=torch.float64)  # (H, dim/2)
+    cols = sinusoidal_positions(width, dim // 2, base=base, dtype=torch.float64)  # (W, dim/2)
+    grid = torch.cat([rows[:, None, :].expand(height, width, -1),
+                      cols[None, :, :].expand(height, width, -1)], dim=-1)  # (H, W, dim)
+    return grid.reshape(height * width, dim).to(device=device, dtype=dtype or torch.get_default_dtype())
 
 class LearnedPositionalEmbedding(nn.Module):
     """A trained vector per position, as in BERT and GPT-2: ``weight`` is ``(max_seq_len, dim)``.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -52,3 +54,19 @@ def prepare_png_dir(png: Path) -> None:
         raise UsageError(f"--png {png}: cannot create the folder ({err.strerror or err})") from None
     if not os.access(png, os.W_OK):
         raise UsageError(f"--png {png}: no permission to write in this folder")
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> Path:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename, so a crash never
+    leaves half a file; a folder that cannot be written is a UsageError."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, ensure_ascii=False)
+            out.write("\n")
+        os.replace(temporary, path)
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
+    return path

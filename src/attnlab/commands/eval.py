@@ -1,5 +1,5 @@
-"""`attnlab eval gpt|translate`: a trained GPT's loss on the held-out Shakespeare works, a
-translator's BLEU and chrF on the held-out Bible books."""
+"""`attnlab eval gpt|translate|vit`: a trained GPT's loss on the held-out Shakespeare works, a
+translator's BLEU and chrF on the held-out Bible books, a ViT's accuracy on the test pictures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import math
 import time
 
-from attnlab.commands.common import UsageError, positive_int
+from attnlab.commands.common import UsageError, positive_int, write_json_atomic
 from attnlab.data.shakespeare import VALIDATION_WORKS
 
 
@@ -83,9 +83,67 @@ def run_eval_gpt(args: argparse.Namespace) -> None:
         _print_result(result)
 
 
+#: Upper ends (English words, inclusive) of the source-length buckets BLEU is also reported by.
+LENGTH_BUCKETS = (15, 25, 35, 50)
+
+
+def bucket_label(words: int, edges=LENGTH_BUCKETS) -> str:
+    """The bucket of a ``words``-long source: ``"1-15"``, ``"16-25"``, ..., ``"51+"``."""
+    low = 1
+    for high in edges:
+        if words <= high:
+            return f"{low}-{high}"
+        low = high + 1
+    return f"{low}+"
+
+
+def scores_by_length(sources, hypotheses, references, edges=LENGTH_BUCKETS) -> list[dict]:
+    """Corpus BLEU and chrF of the verses in each source-length bucket (English words), shortest
+    first: ``[{"bucket", "sentences", "bleu", "chrf"}, ...]`` (empty buckets left out)."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    groups: dict[str, list[int]] = {}
+    for index, source in enumerate(sources):
+        groups.setdefault(bucket_label(len(source.split()), edges), []).append(index)
+    order = [bucket_label(edge, edges) for edge in edges] + [bucket_label(edges[-1] + 1, edges)]
+    rows = []
+    for label in order:
+        members = groups.get(label, [])
+        if members:
+            hyps, refs = [hypotheses[i] for i in members], [[references[i] for i in members]]
+            rows.append({"bucket": label, "sentences": len(members),
+                         "bleu": BLEU().corpus_score(hyps, refs).score,
+                         "chrf": CHRF().corpus_score(hyps, refs).score})
+    return rows
+
+
+def verse_ref(pair) -> str:
+    """``"Mark 4:3"``."""
+    return f"{pair.book} {pair.chapter}:{pair.verse}"
+
+
+def best_and_worst(pairs, hypotheses, count: int = 3, min_words: int = 8) -> dict[str, list[dict]]:
+    """The ``count`` best and worst translations by sentence-level chrF among sources of at least
+    ``min_words`` English words (short verses score erratically): samples of what works and not."""
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF()
+    scored = sorted(
+        ((chrf.sentence_score(hyp, [pair.es]).score, pair, hyp)
+         for pair, hyp in zip(pairs, hypotheses, strict=True) if len(pair.en.split()) >= min_words),
+        key=lambda item: item[0])
+
+    def rows(items):
+        return [{"ref": verse_ref(pair), "chrf": score, "en": pair.en, "reference": pair.es,
+                 "hypothesis": hyp} for score, pair, hyp in items]
+
+    return {"best": rows(scored[::-1][:count]), "worst": rows(scored[:count])}
+
+
 def evaluate_translation(loaded, max_sentences: int | None, beam: int, batch_size: int = 16) -> dict:
     """sacreBLEU corpus BLEU and chrF of a loaded translator on the held-out test books (all their
-    verses, or ``max_sentences`` spread evenly over them), with a progress bar on stderr."""
+    verses, or ``max_sentences`` spread evenly over them), with a progress bar on stderr; also by
+    source length (:func:`scores_by_length`), the best and worst verses, and every translation."""
     from rich.progress import track
     from sacrebleu.metrics import BLEU, CHRF
 
@@ -102,6 +160,7 @@ def evaluate_translation(loaded, max_sentences: int | None, beam: int, batch_siz
                        console=_stderr_console(), transient=True):
         group = pairs[first:first + batch_size]
         hypotheses += translate(loaded.model, loaded.tokenizer, [pair.en for pair in group], beam=beam)
+    seconds = time.perf_counter() - start
     references = [pair.es for pair in pairs]
     bleu, chrf = BLEU(), CHRF()
     bleu_score = bleu.corpus_score(hypotheses, [references])
@@ -118,9 +177,11 @@ def evaluate_translation(loaded, max_sentences: int | None, beam: int, batch_siz
         "chrf": chrf_score.score,
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
-        "examples": [{"en": p.en, "reference": p.es, "hypothesis": h}
-                     for p, h in zip(pairs[:3], hypotheses, strict=False)],
-        "seconds": time.perf_counter() - start,
+        "by_source_length": scores_by_length([p.en for p in pairs], hypotheses, references),
+        **best_and_worst(pairs, hypotheses),
+        "seconds": seconds,
+        "translations": [{"ref": verse_ref(p), "en": p.en, "reference": p.es, "hypothesis": h}
+                         for p, h in zip(pairs, hypotheses, strict=True)],
     }
 
 
@@ -134,6 +195,9 @@ def run_eval_translate(args: argparse.Namespace) -> None:
     from attnlab.commands.translate import load_translator
 
     result = evaluate_translation(load_translator(args.checkpoint), args.max_sentences, args.beam)
+    if args.translations:
+        write_json_atomic(args.translations, result)
+    result = {key: value for key, value in result.items() if key != "translations"}
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return
@@ -143,7 +207,97 @@ def run_eval_translate(args: argparse.Namespace) -> None:
           f"beam {result['beam']}")
     print(f"BLEU        {result['bleu']:.2f}  ({result['bleu_signature']})")
     print(f"chrF        {result['chrf']:.2f}  ({result['chrf_signature']})")
+    print("by source length (English words):")
+    for row in result["by_source_length"]:
+        print(f"  {row['bucket']:>6} words  {row['sentences']:5d} verses  BLEU {row['bleu']:6.2f}  "
+              f"chrF {row['chrf']:6.2f}")
+    for kind in ("best", "worst"):
+        for row in result[kind][:1]:
+            print(f"{kind} ({row['ref']}, chrF {row['chrf']:.1f}):")
+            print(f"  en   {row['en']}")
+            print(f"  ref  {row['reference']}")
+            print(f"  out  {row['hypothesis']}")
     print(f"time        {result['seconds']:.1f} s")
+    if args.translations:
+        print(f"saved       {args.translations} (every verse: source, reference, translation)")
+
+
+def evaluate_classifier(loaded, dataset: str, classes, normalization, batch_size: int = 500) -> dict:
+    """Accuracy, per-class accuracy and the confusion matrix of a loaded ViT on ``dataset``'s test
+    split (Fashion-MNIST: the official 10,000; MNIST-5k: its fixed held-out 1,000), with a
+    progress bar on stderr; also inference pictures/s (batches of ``batch_size``)."""
+    import torch
+    from rich.progress import track
+
+    from attnlab.data.images import ImageDataError, load_test_split
+
+    try:
+        test = load_test_split(dataset)
+    except (ImageDataError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    model = loaded.model.eval()
+    predictions = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for first in track(range(0, len(test), batch_size), description="classifying",
+                           console=_stderr_console(), transient=True):
+            images = normalization(test.images[first:first + batch_size])
+            predictions.append(model(images).argmax(dim=-1))
+    seconds = time.perf_counter() - start
+    predicted = torch.cat(predictions)
+    size = len(classes)
+    confusion = torch.zeros(size, size, dtype=torch.long)
+    confusion.index_put_((test.labels, predicted), torch.ones_like(predicted), accumulate=True)
+    per_class = (confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)).tolist()
+    return {
+        "checkpoint": str(loaded.folder),
+        "step": loaded.step,
+        "preset": loaded.meta.get("preset"),
+        "dataset": dataset,
+        "pictures": len(test),
+        "accuracy": float((predicted == test.labels).double().mean()),
+        "per_class_accuracy": dict(zip(classes, per_class, strict=True)),
+        "confusion_matrix": confusion.tolist(),
+        "images_per_s": len(test) / seconds,
+        "seconds": seconds,
+    }
+
+
+def run_eval_vit(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from attnlab.commands.classify import load_classifier
+    from attnlab.commands.common import prepare_png_dir
+    from attnlab.explain.vision import write_confusion_png
+
+    if args.png:
+        prepare_png_dir(Path(args.png))
+    loaded, dataset, classes, normalization = load_classifier(args.checkpoint)
+    result = evaluate_classifier(loaded, dataset, classes, normalization)
+    if args.png:
+        import torch
+
+        title = (f"{dataset} test set: {100 * result['accuracy']:.2f}% correct "
+                 f"(step {result['step']})")
+        try:
+            result["confusion_png"] = str(write_confusion_png(
+                torch.tensor(result["confusion_matrix"]), classes, Path(args.png) / "confusion-matrix.png",
+                title=title))
+        except OSError as error:
+            raise UsageError(str(error)) from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"checkpoint  {result['checkpoint']} (step {result['step']}, preset {result['preset']})")
+    print(f"test set    {dataset}: {result['pictures']:,} pictures")
+    print(f"accuracy    {100 * result['accuracy']:.2f}%")
+    print("per class:")
+    width = max(len(name) for name in classes)
+    for name, accuracy in result["per_class_accuracy"].items():
+        print(f"  {name:<{width}}  {100 * accuracy:6.2f}%")
+    print(f"speed       {result['images_per_s']:,.0f} pictures/s")
+    if "confusion_png" in result:
+        print(f"confusion   {result['confusion_png']}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -174,7 +328,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a translator's BLEU and chrF on the held-out Bible books",
         description="Translate the verses of the held-out test books with beam search and score "
         "them against the Reina-Valera 1909 with sacreBLEU's corpus BLEU and chrF (signatures "
-        "printed).",
+        "printed), overall and by source length in English words; shows the best and worst "
+        "verses by sentence chrF.",
     )
     translate.add_argument("--checkpoint", metavar="DIR", required=True,
                            help="a checkpoint folder, or a training --out folder (its latest checkpoint)")
@@ -182,5 +337,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="score N verses spread evenly over the test books (default: all)")
     translate.add_argument("--beam", type=positive_int, metavar="N", default=4,
                            help="beams in beam search (default: 4)")
+    translate.add_argument("--translations", metavar="FILE", default=None,
+                           help="also write the results with every verse's source, reference and "
+                           "translation to FILE (JSON)")
     translate.add_argument("--json", action="store_true", help="print the results as JSON")
     translate.set_defaults(run=run_eval_translate)
+    vit = kinds.add_parser(
+        "vit",
+        help="a Vision Transformer's accuracy on the test pictures",
+        description="Classify the test split the ViT never saw (Fashion-MNIST: the official "
+        "10,000 test pictures; MNIST-5k: its fixed held-out 1,000) and print the accuracy, the "
+        "accuracy per class and the speed; --png also draws the confusion matrix.",
+    )
+    vit.add_argument("--checkpoint", metavar="DIR", required=True,
+                     help="a checkpoint folder, or a training --out folder (its latest checkpoint)")
+    vit.add_argument("--png", metavar="DIR", default=None,
+                     help="also write the confusion matrix as DIR/confusion-matrix.png")
+    vit.add_argument("--json", action="store_true", help="print the results as JSON")
+    vit.set_defaults(run=run_eval_vit)

@@ -4,6 +4,11 @@ A post-LayerNorm encoder block, as in the original Transformer and BERT::
 
     x = LayerNorm(x + Attention(x))
     x = LayerNorm(x + FeedForward(x))          FeedForward(x) = down(gelu(up(x)))
+
+and a pre-LayerNorm one, as in GPT-2 and the Vision Transformer (easier to train from scratch)::
+
+    x = x + Attention(LayerNorm(x))
+    x = x + FeedForward(LayerNorm(x))
 """
 
 from __future__ import annotations
@@ -66,4 +71,43 @@ class PostNormEncoderBlock(nn.Module):
             attended, trace = attended
         x = self.attn_norm(x + attended)
         x = self.ffn_norm(x + self.ffn(x))
+        return (x, trace) if return_trace else x
+
+
+class PreNormEncoderBlock(nn.Module):
+    """Bidirectional self-attention and a feed-forward layer, each a pre-LayerNorm residual branch.
+
+    Args:
+        embed_dim: model width.
+        num_heads: attention heads.
+        ffn_dim: hidden width of the feed-forward layer.
+        dropout: on the attention weights and on each residual branch, in training mode.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, ffn_dim: int, *, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(embed_dim)
+        self.attn = MultiHeadAttention(embed_dim, num_heads, dropout=dropout)
+        self.ffn_norm = nn.LayerNorm(embed_dim)
+        self.ffn = FeedForward(embed_dim, ffn_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        *,
+        return_trace: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, AttentionTrace]:
+        """``x`` ``(batch, seq, embed_dim)``; ``key_padding_mask`` ``(batch, seq)`` True at padding.
+
+        Returns ``(batch, seq, embed_dim)``, or ``(output, trace)`` with ``return_trace=True``
+        (the trace's queries, keys and values are projections of ``LayerNorm(x)``).
+        """
+        attended = self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask, return_trace=return_trace)
+        trace = None
+        if return_trace:
+            attended, trace = attended
+        x = x + self.dropout(attended)
+        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
         return (x, trace) if return_trace else x

@@ -173,6 +173,29 @@ def evaluate(model: nn.Module, task: Task, batches: list, ctx: DistributedContex
     return loss_sum / count_sum
 
 
+@torch.no_grad()
+def evaluate_metrics(model: nn.Module, task: Task, batches: list, ctx: DistributedContext, *,
+                     bf16: bool = False) -> dict[str, float]:
+    """A task's own validation metrics, if it has ``val_metrics(model, batches) -> {name: (value,
+    weight)}`` (e.g. accuracy and pictures): each rank scores every ``world_size``-th batch and the
+    weighted means are combined across ranks. ``{}`` for a task without them."""
+    hook = getattr(task, "val_metrics", None)
+    if hook is None:
+        return {}
+    was_training = model.training
+    model.eval()
+    mine = [_tree_map(lambda t: t.to(ctx.device), batch) for batch in batches[ctx.rank::ctx.world_size]]
+    with _autocast(ctx.device, bf16):
+        results = hook(model, mine)
+    model.train(was_training)
+    combined = {}
+    for name in sorted(results):  # every rank reduces the same names in the same order
+        value, weight = results[name]
+        total, weights = ctx.sum([value * weight, weight])
+        combined[name] = total / weights if weights else float("nan")
+    return combined
+
+
 def _check_arguments(model: nn.Module, task: Task, config: TrainConfig, meta: dict | None) -> None:
     if not isinstance(model, SafetensorsModel) or not isinstance(model, nn.Module):
         raise TypeError(f"train needs an nn.Module that mixes in SafetensorsModel (checkpoints save it "
@@ -287,7 +310,8 @@ class _Run:
         if not self.val_batches:
             raise ValueError(f"task {type(self.task).__name__}.val_batches() yielded no batches")
         self.started = time.perf_counter()
-        display = ProgressDisplay(max_steps=config.max_steps, start_step=self.step, enabled=ctx.is_main)
+        display = ProgressDisplay(max_steps=config.max_steps, start_step=self.step, enabled=ctx.is_main,
+                                  unit=getattr(self.task, "count_unit", "tok"))
         with display:
             self._start(resume, display)
             train_model = self.model
@@ -357,6 +381,8 @@ class _Run:
             self.val_loss = evaluate(self.model, self.task, self.val_batches, self.ctx, bf16=config.bf16)
             self.last_eval_step = step
             record["val_loss"] = self.val_loss
+            record.update(evaluate_metrics(self.model, self.task, self.val_batches, self.ctx,
+                                           bf16=config.bf16))
         if len(record) > 1:
             record["elapsed_s"] = self._elapsed()
             if self.ctx.is_main:

@@ -6,6 +6,9 @@ of :data:`METRIC_KEYS` (null where that step measured nothing of the kind)::
     {"step": 120, "loss": 2.31, "lr": 0.00098, "grad_norm": 0.84, "tokens_per_s": 12345.0,
      "val_loss": null, "elapsed_s": 83.2}
 
+A task may add validation metrics of its own (``val_accuracy`` for image classification); they
+follow the standard keys on the lines of evaluations. ``tokens_per_s`` counts the task's units
+(tokens, or pictures for images).
 ``step`` counts optimizer steps done; ``loss`` is the mean training loss of the steps since the
 previous line; ``elapsed_s`` is training time summed over every run that resumed this one.
 """
@@ -45,7 +48,8 @@ class MetricsLog:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def append(self, record: dict) -> None:
-        line = json.dumps({key: record.get(key) for key in METRIC_KEYS})
+        extras = {key: value for key, value in record.items() if key not in METRIC_KEYS}
+        line = json.dumps({**{key: record.get(key) for key in METRIC_KEYS}, **extras})
         with open(self.path, "a") as f:
             f.write(line + "\n")
 
@@ -56,15 +60,24 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def format_record(record: dict, max_steps: int) -> str:
+def extra_metrics(record: dict) -> str:
+    """A task's own metrics in ``record`` as text, e.g. ``val_accuracy 0.9012`` (empty if none)."""
+    return "  ".join(f"{key} {value:.4f}" for key, value in record.items()
+                     if key not in METRIC_KEYS and isinstance(value, float))
+
+
+def format_record(record: dict, max_steps: int, unit: str = "tok") -> str:
     """One plain progress line, e.g. ``step 120/1000  loss 2.3100  lr 9.80e-04  grad 0.84
-    12,345 tok/s  val 2.4012  0:01:23``, with only the parts the record has."""
+    12,345 tok/s  val 2.4012  0:01:23``, with only the parts the record has (``unit``: what
+    the task counts)."""
     parts = [f"step {record['step']}/{max_steps}"]
     if record.get("loss") is not None:
         parts += [f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}", f"grad {record['grad_norm']:.2f}",
-                  f"{record['tokens_per_s']:,.0f} tok/s"]
+                  f"{record['tokens_per_s']:,.0f} {unit}/s"]
     if record.get("val_loss") is not None:
         parts.append(f"val {record['val_loss']:.4f}")
+    if extra_metrics(record):
+        parts.append(extra_metrics(record))
     parts.append(_clock(record["elapsed_s"]))
     return "  ".join(parts)
 
@@ -72,11 +85,11 @@ def format_record(record: dict, max_steps: int) -> str:
 class ProgressDisplay:
     """A ``rich`` progress bar (step, loss, val loss, tokens/s, ETA) when ``stream`` is a
     terminal; otherwise one plain line per record. Silent when ``enabled`` is False (every rank
-    but 0 of a multi-process run). Use as a context manager."""
+    but 0 of a multi-process run). ``unit`` names what the speed counts. Use as a context manager."""
 
     def __init__(self, *, max_steps: int, start_step: int, enabled: bool = True,
-                 stream: TextIO | None = None) -> None:
-        self.max_steps = max_steps
+                 stream: TextIO | None = None, unit: str = "tok") -> None:
+        self.max_steps, self.unit = max_steps, unit
         self.stream = sys.stderr if stream is None else stream
         self.enabled = enabled
         self._progress = None
@@ -94,11 +107,12 @@ class ProgressDisplay:
             self._progress = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val_loss]}"),
-                TextColumn("{task.fields[speed]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                TextColumn("{task.fields[extra]}"), TextColumn(f"{{task.fields[speed]}} {unit}/s"),
+                TimeElapsedColumn(), TextColumn("ETA"),
                 TimeRemainingColumn(), console=Console(file=self.stream),
             )
             self._task = self._progress.add_task("train", total=max_steps, completed=start_step,
-                                                 loss="-", val_loss="-", speed="-")
+                                                 loss="-", val_loss="-", speed="-", extra="")
 
     def __enter__(self) -> ProgressDisplay:
         if self._progress is not None:
@@ -122,9 +136,11 @@ class ProgressDisplay:
                 fields.update(loss=f"{record['loss']:.4f}", speed=f"{record['tokens_per_s']:,.0f}")
             if record.get("val_loss") is not None:
                 fields["val_loss"] = f"{record['val_loss']:.4f}"
+            if extra_metrics(record):
+                fields["extra"] = extra_metrics(record)
             self._progress.update(self._task, **fields)
         elif self.enabled:
-            print(format_record(record, self.max_steps), file=self.stream, flush=True)
+            print(format_record(record, self.max_steps, self.unit), file=self.stream, flush=True)
 
     def message(self, text: str) -> None:
         """A line of text (above the bar when there is one)."""
@@ -156,8 +172,17 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike, *, title: str)
     axes.set_ylabel("loss")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    if train or val:
-        axes.legend()
+    handles, labels = axes.get_legend_handles_labels()
+    accuracy = [(r["step"], 100 * r["val_accuracy"]) for r in records if r.get("val_accuracy") is not None]
+    if accuracy:  # image classification: accuracy on a second axis
+        right = axes.twinx()
+        right.plot(*zip(*accuracy, strict=True), label="validation accuracy (%)", color="#55a868",
+                   marker="s", markersize=4, linewidth=1.5)
+        right.set_ylabel("validation accuracy (%)")
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if handles:
+        axes.legend(handles, labels, loc="center right")
     path = Path(path)
     figure.savefig(path, dpi=120)
     return path

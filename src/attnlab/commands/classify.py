@@ -1,0 +1,101 @@
+"""`attnlab classify`: name what is in a picture with a trained Vision Transformer, and show where
+it looked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from attnlab.commands.common import UsageError, positive_int, prepare_png_dir
+
+
+def load_classifier(path: str):
+    """``(LoadedCheckpoint, dataset, classes, normalization)`` of a ViT training run (a checkpoint
+    folder or a run's ``--out`` folder); UsageError for anything else."""
+    from attnlab.models.vit import ViT
+    from attnlab.train.checkpoint import CheckpointError, load_checkpoint
+    from attnlab.train.vit_task import load_preprocessing
+
+    try:
+        loaded = load_checkpoint(path, model_class=ViT)
+        dataset, classes, normalization = load_preprocessing(loaded.folder)
+    except (CheckpointError, OSError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    if len(classes) != loaded.model.config.num_classes:
+        raise UsageError(f"{loaded.folder}: preprocessing.json names {len(classes)} classes, the model "
+                         f"has {loaded.model.config.num_classes}")
+    return loaded, dataset, classes, normalization
+
+
+def run_classify(args: argparse.Namespace) -> None:
+    import torch
+
+    from attnlab.data.images import ImageDataError, load_image
+    from attnlab.explain.vision import vision_data, write_vision_page, write_vision_png
+
+    if args.png:  # a bad folder fails before the model loads
+        prepare_png_dir(Path(args.png))
+    loaded, dataset, classes, normalization = load_classifier(args.checkpoint)
+    config = loaded.model.config
+    results = []
+    for index, image_path in enumerate(args.images):
+        try:
+            pixels, original = load_image(image_path, size=config.image_size, channels=config.in_channels,
+                                          invert=args.invert)
+        except ImageDataError as err:
+            raise UsageError(str(err)) from None
+        with torch.no_grad():
+            data = vision_data(loaded.model, pixels, normalization, classes, original=original,
+                               source=str(image_path), top=min(args.top, len(classes)))
+        results.append({"image": str(image_path), "predictions": data["predictions"]})
+        if not args.json:
+            print(f"{image_path}:")
+            for rank, guess in enumerate(data["predictions"], start=1):
+                print(f"  {rank}. {guess['class']:<14} {100 * guess['probability']:6.2f}%")
+        out = sys.stderr if args.json else sys.stdout
+        try:
+            if args.show_attention and index == 0:
+                print(f"attention page: {write_vision_page(data, args.show_attention)}", file=out)
+            if args.png:
+                name = f"{Path(image_path).stem}-attention.png"
+                print(f"attention PNG: {write_vision_png(data, pixels, Path(args.png) / name, original)}",
+                      file=out)
+        except OSError as error:
+            raise UsageError(str(error)) from None
+    if args.json:
+        print(json.dumps({"checkpoint": str(loaded.folder), "dataset": dataset, "results": results},
+                         indent=2, ensure_ascii=False))
+
+
+def _invert(text: str) -> bool | None:
+    choices = {"auto": None, "yes": True, "no": False}
+    if text not in choices:
+        raise argparse.ArgumentTypeError(f"expected auto, yes or no, got {text!r}")
+    return choices[text]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "classify",
+        help="classify pictures with a trained Vision Transformer",
+        description="Classify pictures with a checkpoint of `attnlab train vit`. Any size and "
+        "colour: each picture is converted to grey, padded to a square, resized to the model's "
+        "28 x 28 and, since the training pictures show a light object on black, inverted when its "
+        "border is light. Prints the top classes with their probabilities.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files (PNG, JPEG, ...)")
+    parser.add_argument("--checkpoint", metavar="DIR", required=True,
+                        help="a checkpoint folder, or a training --out folder (its latest checkpoint)")
+    parser.add_argument("--top", type=positive_int, default=3, metavar="K",
+                        help="how many classes to list (default: 3)")
+    parser.add_argument("--invert", type=_invert, default=None, metavar="auto|yes|no",
+                        help="invert the picture's grey levels: auto (default) when its border is light")
+    parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    parser.add_argument("--show-attention", metavar="PAGE.html", default=None,
+                        help="also write an HTML page of where the model looked (the first picture)")
+    parser.add_argument("--png", metavar="DIR", default=None,
+                        help="also write DIR/<picture>-attention.png: attention rollout and the last "
+                        "layer's class-token attention per head, over each picture")
+    parser.set_defaults(run=run_classify)

@@ -1,0 +1,166 @@
+"""attnlab.data.images: the IDX reader, the two datasets, splits, augmentation, user pictures."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import pytest
+import torch
+from PIL import Image
+
+from attnlab.data.images import (
+    FASHION_MNIST_CLASSES,
+    MAX_IMAGE_PIXELS,
+    ImageDataError,
+    Normalization,
+    dataset_splits,
+    load_fashion_mnist,
+    load_image,
+    load_mnist_5k,
+    load_test_split,
+    random_crop,
+    read_idx,
+    train_val_split,
+)
+
+
+def _idx_bytes(type_code: int, shape: tuple[int, ...], payload: bytes) -> bytes:
+    return bytes([0, 0, type_code, len(shape)]) + b"".join(struct.pack(">I", s) for s in shape) + payload
+
+
+def test_read_idx_uint8_gzip_and_plain(tmp_path):
+    values = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 4)
+    raw = _idx_bytes(0x08, (2, 3, 4), values.numpy().tobytes())
+    (tmp_path / "a.idx").write_bytes(raw)
+    (tmp_path / "a.idx.gz").write_bytes(gzip.compress(raw))
+    assert torch.equal(read_idx(tmp_path / "a.idx"), values)
+    assert torch.equal(read_idx(tmp_path / "a.idx.gz"), values)
+
+
+def test_read_idx_big_endian_int32(tmp_path):
+    numbers = [1, -2, 70000, 2 ** 31 - 1]
+    raw = _idx_bytes(0x0C, (4,), b"".join(struct.pack(">i", n) for n in numbers))
+    (tmp_path / "b.idx").write_bytes(raw)
+    assert read_idx(tmp_path / "b.idx").tolist() == numbers
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "not an IDX file"),
+    (b"\x01\x02\x08\x01", "not an IDX file"),
+    (bytes([0, 0, 0x08, 2]) + struct.pack(">I", 3), "truncated inside its header"),
+    (_idx_bytes(0x08, (2, 2), b"\x00\x01\x02"), "holds 3 bytes of values"),
+])
+def test_read_idx_rejects_damaged_files(tmp_path, content, message):
+    path = tmp_path / "bad.idx"
+    path.write_bytes(content)
+    with pytest.raises(ImageDataError, match=message):
+        read_idx(path)
+
+
+def test_read_idx_bad_gzip_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.gz"
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(ImageDataError, match="cannot read"):
+        read_idx(path)
+
+
+def test_fashion_mnist_matches_the_published_dataset():
+    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    assert train.images.shape == (60000, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert test.images.shape == (10000, 1, 28, 28)
+    # The first training labels of Fashion-MNIST: ankle boot, T-shirt, T-shirt, dress, ...
+    assert train.labels[:6].tolist() == [9, 0, 0, 3, 0, 2]
+    assert train.labels.bincount().tolist() == [6000] * 10
+    assert test.labels.bincount().tolist() == [1000] * 10
+    assert train.classes == FASHION_MNIST_CLASSES
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path):
+    with pytest.raises(ImageDataError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist("train", folder=tmp_path)
+    with pytest.raises(ValueError, match="split"):
+        load_fashion_mnist("validation")
+
+
+def test_mnist_5k_has_500_digits_per_class():
+    digits = load_mnist_5k()
+    assert digits.images.shape == (5000, 1, 28, 28)
+    assert digits.labels.bincount().tolist() == [500] * 10
+    assert int(digits.images.max()) == 255 and int(digits.images.min()) == 0
+
+
+def test_train_val_split_is_balanced_disjoint_and_fixed():
+    labels = torch.arange(10).repeat(100)
+    train, val = train_val_split(labels, 0.1, seed=3)
+    assert len(val) == 100 and len(train) == 900
+    assert labels[val].bincount().tolist() == [10] * 10
+    assert not set(train.tolist()) & set(val.tolist())
+    assert torch.equal(val, train_val_split(labels, 0.1, seed=3)[1])
+    assert not torch.equal(val, train_val_split(labels, 0.1, seed=4)[1])
+    with pytest.raises(ValueError, match="val_fraction"):
+        train_val_split(labels, 1.0)
+
+
+def test_mnist_5k_splits_do_not_overlap():
+    train, val, test = dataset_splits("mnist-5k", 0.1)
+    assert (len(train), len(val), len(test)) == (3600, 400, 1000)
+    assert test.labels.bincount().tolist() == [100] * 10
+    assert torch.equal(test.images, load_test_split("mnist-5k").images)
+    rows = {bytes(image.numpy().tobytes()) for image in torch.cat([train.images, val.images])}
+    overlap = sum(bytes(image.numpy().tobytes()) in rows for image in test.images)
+    assert overlap <= 2  # MNIST has a few exact duplicate digits, nothing more
+
+
+def test_random_crop_shifts_without_changing_the_picture():
+    images = torch.zeros(64, 1, 8, 8)
+    images[:, :, 3:5, 3:5] = 1.0
+    shifted = random_crop(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape
+    assert torch.equal(shifted.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2, 3)))  # the blob stays inside
+    assert len({tuple(x.nonzero()[0].tolist()) for x in shifted}) > 5  # shifted to many places
+    assert torch.equal(random_crop(images, 0), images)
+
+
+def test_normalization_fits_mean_and_std():
+    images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
+    norm = Normalization.fit(images)
+    out = norm(images)
+    assert abs(float(out.mean())) < 1e-5 and abs(float(out.std()) - 1) < 1e-3
+
+
+def test_load_image_squares_resizes_and_inverts_a_dark_drawing(tmp_path):
+    picture = Image.new("RGB", (120, 60), (255, 255, 255))
+    for x in range(50, 70):
+        for y in range(20, 40):
+            picture.putpixel((x, y), (0, 0, 0))
+    path = tmp_path / "drawing.png"
+    picture.save(path)
+    pixels, original = load_image(path)
+    assert pixels.shape == (1, 28, 28) and pixels.dtype == torch.uint8
+    assert original.shape == (1, 120, 120)
+    # Inverted (light border): the black square became the bright centre, the border is black.
+    assert pixels[0, 14, 14] > 200 and pixels[0, 0, 0] < 30
+    kept, _ = load_image(path, invert=False)
+    assert kept[0, 14, 14] < 60 and kept[0, 0, 0] > 220
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_text("hello, not a picture"), "not an image file"),
+    (lambda p: None, "no such file"),
+])
+def test_load_image_errors_are_one_line(tmp_path, make, message):
+    path = tmp_path / "picture.png"
+    make(path)
+    with pytest.raises(ImageDataError, match=message) as caught:
+        load_image(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_load_image_refuses_a_huge_picture(tmp_path):
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 10
+    path = tmp_path / "huge.png"
+    Image.new("L", (side, side)).save(path)
+    with pytest.raises(ImageDataError, match="more than"):
+        load_image(path)

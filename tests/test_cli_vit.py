@@ -1,0 +1,151 @@
+"""`attnlab train vit`, `attnlab eval vit` and `attnlab classify` as a user runs them: the tiny
+preset trained in full on MNIST-5k once (about a minute), scored on its held-out digits, asked
+about pictures saved as files; resumed; and every bad input as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from attnlab.cli import main
+from attnlab.data.images import load_image, load_test_split
+from attnlab.train.vit_task import load_preprocessing
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def attnlab_process(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "attnlab", *argv], capture_output=True, text=True,
+                          env=ENV, timeout=600, check=False)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """``(out_dir, summary)`` of `attnlab train vit --preset tiny`, the whole preset."""
+    out = tmp_path_factory.mktemp("vit") / "run"
+    result = attnlab_process("train", "vit", "--preset", "tiny", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory):
+    """20 held-out digits saved as a user would have them: dark ink on white, 3x larger, RGB."""
+    folder = tmp_path_factory.mktemp("digits")
+    test = load_test_split("mnist-5k")
+    files = []
+    for i in range(20):
+        index = i * 50
+        picture = Image.fromarray(test.images[index, 0].numpy()).resize((84, 84), Image.Resampling.BICUBIC)
+        path = folder / f"digit-{index}-label-{int(test.labels[index])}.png"
+        ImageOps.invert(picture).convert("RGB").save(path)
+        files.append((path, str(int(test.labels[index]))))
+    return files
+
+
+def test_tiny_preset_learns_mnist_5k(run_dir, tmp_path):
+    out, summary = run_dir
+    assert summary["dataset"] == "mnist-5k" and summary["val_accuracy"] >= 0.85
+    result = attnlab_process("eval", "vit", "--checkpoint", str(out), "--json",
+                             "--png", str(tmp_path / "png"))
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["pictures"] == 1000 and scores["accuracy"] >= 0.85
+    matrix = torch.tensor(scores["confusion_matrix"])
+    assert matrix.sum() == 1000 and matrix.sum(dim=1).tolist() == [100] * 10
+    assert scores["accuracy"] == pytest.approx(float(matrix.diag().sum()) / 1000)
+    assert set(scores["per_class_accuracy"]) == {str(d) for d in range(10)}
+    assert (tmp_path / "png" / "confusion-matrix.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_eval_prints_accuracy_per_class(run_dir, capsys):
+    code, out, _ = run_cli(capsys, "eval", "vit", "--checkpoint", str(run_dir[0]))
+    assert code == 0
+    assert "accuracy" in out and "mnist-5k: 1,000 pictures" in out and "pictures/s" in out
+
+
+def test_classify_reads_user_pictures(run_dir, digit_files, tmp_path):
+    out, _ = run_dir
+    paths = [str(path) for path, _ in digit_files]
+    result = attnlab_process("classify", "--checkpoint", str(out), *paths, "--json",
+                             "--show-attention", str(tmp_path / "page.html"), "--png", str(tmp_path / "png"))
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)["results"]
+    correct = sum(r["predictions"][0]["class"] == label for r, (_, label) in zip(results, digit_files,
+                                                                                  strict=True))
+    assert correct >= 16, f"only {correct} of 20 digits right"
+    for r in results:
+        probabilities = [p["probability"] for p in r["predictions"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+    assert "The model thinks this is" in (tmp_path / "page.html").read_text()
+    assert len(list((tmp_path / "png").glob("*-attention.png"))) == 20
+
+
+def test_classify_probabilities_are_the_models(run_dir, digit_files, capsys):
+    from attnlab.commands.classify import load_classifier
+
+    loaded, _, classes, normalization = load_classifier(str(run_dir[0]))
+    path, _ = digit_files[0]
+    pixels, _ = load_image(path)
+    expected = torch.softmax(loaded.model(normalization(pixels[None]))[0], -1)
+    code, out, _ = run_cli(capsys, "classify", "--checkpoint", str(run_dir[0]), str(path), "--top", "10",
+                           "--json")
+    assert code == 0
+    shown = {p["class"]: p["probability"] for p in json.loads(out)["results"][0]["predictions"]}
+    assert shown == pytest.approx({name: float(p) for name, p in zip(classes, expected, strict=True)},
+                                  abs=1e-6)
+
+
+def test_resume_continues_the_run(run_dir, tmp_path):
+    out, summary = run_dir
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
+    result = attnlab_process("train", "vit", "--preset", "tiny", "--out", str(copy), "--resume",
+                             "--max-steps", str(summary["steps"] + 10), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from step" in result.stderr
+    assert json.loads(result.stdout)["steps"] == summary["steps"] + 10
+    assert load_preprocessing(copy / "checkpoints" / f"step-{summary['steps'] + 10:08d}")[0] == "mnist-5k"
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_text("just text"), "not an image file"),
+    (lambda p: None, "no such file"),
+])
+def test_bad_pictures_are_one_line_errors(run_dir, tmp_path, capsys, make, message):
+    path = tmp_path / "input.png"
+    make(path)
+    code, out, err = run_cli(capsys, "classify", "--checkpoint", str(run_dir[0]), str(path))
+    assert code == 2 and message in err and err.count("\n") == 1 and not out
+
+
+def test_bad_checkpoints_and_options_are_one_line_errors(run_dir, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "classify", "--checkpoint", str(tmp_path), "x.png")
+    assert code == 2 and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "eval", "vit", "--checkpoint", str(tmp_path / "missing"))
+    assert code == 2 and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "classify", "--checkpoint", str(run_dir[0]), "x.png", "--top", "0")
+    assert code == 2 and "--top" in err
+    code, _, err = run_cli(capsys, "train", "vit", "--preset", "huge")
+    assert code == 2 and "choose from: tiny, fashion-mnist" in err
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli(capsys, "classify", "--checkpoint", str(run_dir[0]), "x.png", "--png",
+                           str(tmp_path / "file"))
+    assert code == 2 and "is a file, not a folder" in err
