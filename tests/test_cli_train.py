@@ -142,7 +142,7 @@ def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> Non
 @pytest.mark.parametrize(("argv", "fragments"), [
     (["train", "gpt", "--preset", "nope"],
      ["unknown preset 'nope'; choose from: shakespeare-char-tiny, shakespeare-char, shakespeare-bpe"]),
-    (["train", "vit", "--preset", PRESET], ["invalid choice: 'vit'", "gpt"]),
+    (["train", "bert", "--preset", PRESET], ["invalid choice: 'bert'", "gpt", "vit"]),
     (["train", "gpt", "--preset", PRESET, "--max-minutes", "0"],
      ["--max-minutes: must be > 0 minutes, got 0"]),
     (["train", "gpt", "--preset", PRESET, "--max-minutes", "-2"],

@@ -103,7 +103,8 @@ def test_classify_probabilities_are_the_models(run_dir, digit_files, capsys):
     loaded, _, classes, normalization = load_classifier(str(run_dir[0]))
     path, _ = digit_files[0]
     pixels, _ = load_image(path)
-    expected = torch.softmax(loaded.model(normalization(pixels[None]))[0], -1)
+    with torch.no_grad():
+        expected = torch.softmax(loaded.model(normalization(pixels[None]))[0], -1)
     code, out, _ = run_cli(capsys, "classify", "--checkpoint", str(run_dir[0]), str(path), "--top", "10",
                            "--json")
     assert code == 0

@@ -100,3 +100,13 @@ def test_translate_runs_greedy_and_beam(tokenizer, arch):
     assert len(translate(model, tokenizer, texts, beam=3)) == 2
     with pytest.raises(ValueError, match="arch must be one of"):
         build_model("rnn", TRANSLATE_PRESETS["tiny"], tokenizer)
+
+
+def test_lstm_gets_its_own_step_budget_in_the_same_time():
+    preset = TRANSLATE_PRESETS["base"]
+    transformer, lstm = preset.train_fields("transformer"), preset.train_fields("lstm")
+    assert transformer["max_minutes"] == lstm["max_minutes"] == 30.0
+    assert transformer["lr"] == lstm["lr"] and transformer["batch_size"] == lstm["batch_size"]
+    assert lstm["max_steps"] < transformer["max_steps"]  # its steps are slower
+    with pytest.raises(ValueError, match="arch must be one of"):
+        preset.train_fields("gru")

@@ -93,19 +93,30 @@ def _check_fresh(out_dir: Path) -> None:
                          "add --resume to continue that run, or give another --out")
 
 
-def _summary(result, task, preset_name: str, first_step: int) -> dict:
-    val_loss = result.val_loss
+def _run_summary(result, first_step: int, **fields) -> dict:
+    """The ``--json`` summary of a finished run: ``fields`` (preset, losses, ...), then the steps,
+    time and files every kind of run reports."""
     return {
-        "preset": preset_name,
+        **fields,
         "first_step": first_step,
         "steps": result.final_step,
-        "val_loss_nats_per_token": val_loss,
-        "val_bits_per_char": None if val_loss is None else task.bits_per_char(val_loss),
         "elapsed_s": result.elapsed_s,
         "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
         "metrics": str(result.metrics_path),
         "loss_curve": None if result.curve_path is None else str(result.curve_path),
     }
+
+
+def _summary(result, task, preset_name: str, first_step: int) -> dict:
+    val_loss = result.val_loss
+    return _run_summary(result, first_step, preset=preset_name, val_loss_nats_per_token=val_loss,
+                        val_bits_per_char=None if val_loss is None else task.bits_per_char(val_loss))
+
+
+def _print_files(summary: dict) -> None:
+    print(f"checkpoint  {summary['checkpoint']}")
+    print(f"metrics     {summary['metrics']}")
+    print(f"loss curve  {summary['loss_curve']}")
 
 
 def _print_summary(summary: dict) -> None:
@@ -114,9 +125,7 @@ def _print_summary(summary: dict) -> None:
     if summary["val_loss_nats_per_token"] is not None:
         print(f"val loss    {summary['val_loss_nats_per_token']:.4f} nats/token, "
               f"{summary['val_bits_per_char']:.4f} bits/char")
-    print(f"checkpoint  {summary['checkpoint']}")
-    print(f"metrics     {summary['metrics']}")
-    print(f"loss curve  {summary['loss_curve']}")
+    _print_files(summary)
 
 
 def _starting_point(out_dir: Path, args: argparse.Namespace, task: str, preset) -> tuple:
@@ -204,17 +213,8 @@ def run_train_translate(args: argparse.Namespace) -> None:
     result = _run_training(model, task, config, out_dir, args, meta)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    summary = {
-        "preset": preset.name,
-        "arch": args.arch,
-        "first_step": first_step,
-        "steps": result.final_step,
-        "val_loss_nats_per_token": result.val_loss,
-        "elapsed_s": result.elapsed_s,
-        "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
-        "metrics": str(result.metrics_path),
-        "loss_curve": None if result.curve_path is None else str(result.curve_path),
-    }
+    summary = _run_summary(result, first_step, preset=preset.name, arch=args.arch,
+                           val_loss_nats_per_token=result.val_loss)
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -222,8 +222,7 @@ def run_train_translate(args: argparse.Namespace) -> None:
     print(f"steps       {first_step} -> {result.final_step} in {result.elapsed_s:.1f} s")
     if result.val_loss is not None:
         print(f"val loss    {result.val_loss:.4f} nats/target token (label-smoothed)")
-    print(f"checkpoint  {summary['checkpoint']}")
-    print(f"metrics     {summary['metrics']}")
+    _print_files(summary)
 
 
 def vit_preset(name: str):
@@ -254,18 +253,9 @@ def run_train_vit(args: argparse.Namespace) -> None:
     result = _run_training(model, task, config, out_dir, args, meta)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    summary = {
-        "preset": preset.name,
-        "dataset": preset.dataset,
-        "first_step": first_step,
-        "steps": result.final_step,
-        "val_loss": result.val_loss,
-        "val_accuracy": _last_metric(result.metrics_path, "val_accuracy"),
-        "elapsed_s": result.elapsed_s,
-        "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
-        "metrics": str(result.metrics_path),
-        "loss_curve": None if result.curve_path is None else str(result.curve_path),
-    }
+    summary = _run_summary(result, first_step, preset=preset.name, dataset=preset.dataset,
+                           val_loss=result.val_loss,
+                           val_accuracy=_last_metric(result.metrics_path, "val_accuracy"))
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -275,9 +265,7 @@ def run_train_vit(args: argparse.Namespace) -> None:
         accuracy = summary["val_accuracy"]
         shown = "" if accuracy is None else f", accuracy {100 * accuracy:.2f}%"
         print(f"validation  loss {result.val_loss:.4f}{shown}")
-    print(f"checkpoint  {summary['checkpoint']}")
-    print(f"metrics     {summary['metrics']}")
-    print(f"loss curve  {summary['loss_curve']}")
+    _print_files(summary)
 
 
 def _last_metric(metrics_path: Path, name: str) -> float | None:

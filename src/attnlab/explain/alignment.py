@@ -12,12 +12,13 @@ from __future__ import annotations
 import html
 import json
 import os
-import secrets
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
 import torch
+
+from attnlab.explain.files import save_figure, write_atomically
 
 #: Shown instead of ``<|endoftext|>``, which ends the source and the translation.
 END_LABEL = "⟨end⟩"
@@ -82,28 +83,10 @@ def render_alignment_page(data: dict) -> str:
     return template.replace("{{title}}", title).replace("{{data}}", payload)
 
 
-def _write_atomically(path: Path, write) -> Path:
-    """Call ``write(temporary_path)`` then rename the file over ``path``; OSError with a one-line
-    message naming ``path`` when that fails (missing folder, a folder in the way, no permission)."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a folder, give a file name")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise type(error)(f"cannot write {path}: {error.strerror or error}") from error
-    return path
-
-
 def write_alignment_page(data: dict, path: str | os.PathLike) -> Path:
     """Write the self-contained alignment page of ``data`` to ``path`` (atomically); its path."""
     page = render_alignment_page(data)
-    return _write_atomically(Path(path), lambda temporary: temporary.write_text(page, encoding="utf-8"))
+    return write_atomically(Path(path), lambda temporary: temporary.write_text(page, encoding="utf-8"))
 
 
 def write_alignment_png(data: dict, path: str | os.PathLike) -> Path:
@@ -129,10 +112,4 @@ def write_alignment_png(data: dict, path: str | os.PathLike) -> Path:
     axes.set_title(f"Where each Spanish token looked ({where})", fontsize=11)
     figure.colorbar(image, ax=axes, label="attention weight")
 
-    def save(temporary: Path) -> None:
-        figure.savefig(temporary, format="png", dpi=110)
-
-    try:
-        return _write_atomically(Path(path), save)
-    finally:
-        plt.close(figure)
+    return save_figure(figure, path)

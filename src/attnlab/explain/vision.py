@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.explain.alignment import _write_atomically
+from attnlab.explain.files import save_figure, write_atomically
 
 
 def attention_rollout(weights: torch.Tensor) -> torch.Tensor:
@@ -110,18 +110,20 @@ def render_vision_page(data: dict) -> str:
 def write_vision_page(data: dict, path: str | os.PathLike) -> Path:
     """Write the self-contained page of ``data`` to ``path`` (atomically); its path."""
     page = render_vision_page(data)
-    return _write_atomically(Path(path), lambda temporary: temporary.write_text(page, encoding="utf-8"))
+    return write_atomically(Path(path), lambda temporary: temporary.write_text(page, encoding="utf-8"))
 
 
 def _overlay(axes, image, values: Sequence[float], grid: int, title: str) -> None:
-    """Draw ``image`` (H, W[, 3]) with the ``grid x grid`` map ``values`` over it, scaled to its
-    largest value."""
+    """Draw ``image`` (H, W[, 3]) with the ``grid x grid`` map ``values`` over it, its colours
+    running from the map's smallest value to its largest (so a nearly even map still shows
+    which patches stand out)."""
     import numpy as np
 
     cells = np.asarray(values, dtype=float).reshape(grid, grid)
     height, width = image.shape[:2]
     axes.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
-    axes.imshow(cells / max(cells.max(), 1e-12), cmap="inferno", alpha=0.55, vmin=0, vmax=1,
+    stretched = (cells - cells.min()) / max(cells.max() - cells.min(), 1e-12)
+    axes.imshow(stretched, cmap="inferno", alpha=0.55, vmin=0, vmax=1,
                 extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest")
     axes.set_title(title, fontsize=9)
     axes.set_xticks([])
@@ -152,13 +154,7 @@ def write_vision_png(data: dict, pixels: torch.Tensor, path: str | os.PathLike,
         _overlay(axes[2 + head], picture, values, data["grid"],
                  f"last layer, head {head + 1}\nclass token → patches")
 
-    def save(temporary: Path) -> None:
-        figure.savefig(temporary, format="png", dpi=110)
-
-    try:
-        return _write_atomically(Path(path), save)
-    finally:
-        plt.close(figure)
+    return save_figure(figure, path)
 
 
 def write_confusion_png(matrix: torch.Tensor, classes: Sequence[str], path: str | os.PathLike, *,
@@ -188,10 +184,4 @@ def write_confusion_png(matrix: torch.Tensor, classes: Sequence[str], path: str 
     axes.set_title(title or "confusion matrix (colour: share of the true class)", fontsize=10)
     figure.colorbar(image, ax=axes, label="share of the row", shrink=0.8)
 
-    def save(temporary: Path) -> None:
-        figure.savefig(temporary, format="png", dpi=110)
-
-    try:
-        return _write_atomically(Path(path), save)
-    finally:
-        plt.close(figure)
+    return save_figure(figure, path)

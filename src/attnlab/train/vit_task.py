@@ -72,7 +72,8 @@ VIT_TRAIN_PRESETS: dict[str, ViTPreset] = {
             name="fashion-mnist", dataset="fashion-mnist", model="fashion-mnist", val_fraction=0.1,
             crop_padding=2, label_smoothing=0.1,
             # Measured 837 pictures/s on 2 quiet cores: 7,500 steps of 128 (about 18 epochs of the
-            # 54,000 training pictures) end the schedule near the 20-minute limit.
+            # 54,000 training pictures) end the schedule near the 20-minute limit. (Batches of 64
+            # for 14,000 steps did worse in the same 20 minutes: 89.98% against 90.83% validation.)
             train={"batch_size": 128, "lr": 2e-3, "min_lr": 1e-5, "warmup_steps": 300,
                    "max_steps": 7500, "max_minutes": 20.0, "eval_every": 750, "eval_batches": 47,
                    "checkpoint_every": 750, "log_every": 50, "weight_decay": 0.05, "block_size": 1},
