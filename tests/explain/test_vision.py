@@ -84,7 +84,7 @@ def test_vision_data_holds_the_models_numbers(model, picture, data):
     assert [p["class"] for p in data["predictions"]] == [CLASSES[i] for i in top]
     png = base64.b64decode(data["input_image"].removeprefix("data:image/png;base64,"))
     assert png.startswith(PNG_SIGNATURE)
-    decoded = torch.from_numpy(np.asarray(Image.open(io.BytesIO(png)))).reshape(1, 28, 28)
+    decoded = torch.from_numpy(np.array(Image.open(io.BytesIO(png)))).reshape(1, 28, 28)
     assert torch.equal(decoded, picture)
 
 
