@@ -8,6 +8,7 @@ from attnlab.attention.functional import (
     attention_trace,
     choose_backend,
 )
+from attnlab.attention.linear import elu_feature_map, linear_attention
 from attnlab.attention.modules import MultiHeadAttention
 from attnlab.attention.positions import (
     LearnedPositionalEmbedding,
@@ -28,6 +29,8 @@ __all__ = [
     "attention",
     "attention_trace",
     "choose_backend",
+    "elu_feature_map",
+    "linear_attention",
     "sinusoidal_positions",
     "sinusoidal_positions_2d",
 ]

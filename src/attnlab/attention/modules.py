@@ -7,6 +7,7 @@ from torch import nn
 
 from attnlab.attention.cache import KVCache
 from attnlab.attention.functional import AttentionTrace, attention, attention_trace
+from attnlab.attention.linear import linear_attention
 from attnlab.attention.masks import combine_masks, normalize_window, padding_mask, window_mask
 from attnlab.attention.positions import RotaryEmbedding, alibi_slopes
 
@@ -37,6 +38,9 @@ class MultiHeadAttention(nn.Module):
         alibi: add ALiBi biases with :func:`alibi_slopes` for ``num_heads`` heads.
         window: ``(left, right)`` local attention window, see :func:`attention`.
         backend: passed to :func:`attention`.
+        linear: use :func:`attnlab.attention.linear_attention` (``elu + 1`` feature map, O(seq)
+            time and memory; *not* softmax attention) instead of :func:`attention`. It takes
+            ``is_causal`` but no masks, window, ALiBi, dropout, cache or trace.
 
     The projections are separate ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` linear layers
     (weights ``(out_features, in_features)``), so pretrained checkpoints load by name.
@@ -56,6 +60,7 @@ class MultiHeadAttention(nn.Module):
         alibi: bool = False,
         window: tuple[int | None, int | None] | int | None = None,
         backend: str = "auto",
+        linear: bool = False,
     ) -> None:
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -74,6 +79,10 @@ class MultiHeadAttention(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
+        if linear and (alibi or window is not None or dropout):
+            raise ValueError("linear attention takes no window, ALiBi or dropout (it never forms the "
+                             "attention weights)")
+        self.linear = linear
         self.embed_dim, self.kdim, self.vdim = embed_dim, kdim, vdim
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
@@ -218,6 +227,12 @@ class MultiHeadAttention(nn.Module):
         k, v, offset = self._keys_values(x, context, cache)  # (batch, kv_heads, Lk, head_dim)
         if self.rope is not None:
             q = self.rope(q, offset=offset)
+        if self.linear:
+            if attn_mask is not None or key_padding_mask is not None or cache is not None or return_trace:
+                raise ValueError("linear attention supports is_causal only: no attn_mask, "
+                                 "key_padding_mask, cache or return_trace")
+            heads = linear_attention(q, k, v, is_causal=is_causal)
+            return self.out_proj(heads.transpose(1, 2).reshape(batch, q_len, self.embed_dim))
 
         # Masks from half precision inputs stay float32: ALiBi distances would round in bf16.
         mask_dtype = torch.promote_types(q.dtype, torch.float32)
@@ -253,5 +268,5 @@ class MultiHeadAttention(nn.Module):
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
             f"num_kv_heads={self.num_kv_heads}, dropout={self.dropout}, window={self.window}, "
-            f"alibi={self.alibi_slopes is not None}, backend={self.backend!r}"
+            f"alibi={self.alibi_slopes is not None}, backend={self.backend!r}, linear={self.linear}"
         )
