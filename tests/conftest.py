@@ -95,3 +95,20 @@ def hf_smollm2_tokenizer():
     import transformers
 
     return transformers.AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=GGUF_FILE)
+
+
+@pytest.fixture
+def attnlab_cli(capsys):
+    """``attnlab_cli(*argv) -> (exit status, stdout, stderr)``: ``attnlab ARGV`` run in this
+    process, argparse errors included."""
+    from attnlab.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_:
+            code = exit_.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from attnlab.cli import main
 from attnlab.data.images import load_image, load_test_split
 from attnlab.train.vit_task import load_preprocessing
 
@@ -24,15 +23,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def attnlab_process(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "attnlab", *argv], capture_output=True, text=True,
                           env=ENV, timeout=600, check=False)
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +64,8 @@ def test_tiny_preset_learns_mnist_5k(run_dir, tmp_path):
     assert (tmp_path / "png" / "confusion-matrix.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
-def test_eval_prints_accuracy_per_class(run_dir, capsys):
-    code, out, _ = run_cli(capsys, "eval", "vit", "--checkpoint", str(run_dir[0]))
+def test_eval_prints_accuracy_per_class(run_dir, attnlab_cli):
+    code, out, _ = attnlab_cli("eval", "vit", "--checkpoint", str(run_dir[0]))
     assert code == 0
     assert "accuracy" in out and "mnist-5k: 1,000 pictures" in out and "pictures/s" in out
 
@@ -97,7 +87,7 @@ def test_classify_reads_user_pictures(run_dir, digit_files, tmp_path):
     assert len(list((tmp_path / "png").glob("*-attention.png"))) == 20
 
 
-def test_classify_probabilities_are_the_models(run_dir, digit_files, capsys):
+def test_classify_probabilities_are_the_models(run_dir, digit_files, attnlab_cli):
     from attnlab.commands.classify import load_classifier
 
     loaded, _, classes, normalization = load_classifier(str(run_dir[0]))
@@ -105,7 +95,7 @@ def test_classify_probabilities_are_the_models(run_dir, digit_files, capsys):
     pixels, _ = load_image(path)
     with torch.no_grad():
         expected = torch.softmax(loaded.model(normalization(pixels[None]))[0], -1)
-    code, out, _ = run_cli(capsys, "classify", "--checkpoint", str(run_dir[0]), str(path), "--top", "10",
+    code, out, _ = attnlab_cli("classify", "--checkpoint", str(run_dir[0]), str(path), "--top", "10",
                            "--json")
     assert code == 0
     shown = {p["class"]: p["probability"] for p in json.loads(out)["results"][0]["predictions"]}
@@ -130,23 +120,23 @@ def test_resume_continues_the_run(run_dir, tmp_path):
     (lambda p: p.write_text("just text"), "not an image file"),
     (lambda p: None, "no such file"),
 ])
-def test_bad_pictures_are_one_line_errors(run_dir, tmp_path, capsys, make, message):
+def test_bad_pictures_are_one_line_errors(run_dir, tmp_path, attnlab_cli, make, message):
     path = tmp_path / "input.png"
     make(path)
-    code, out, err = run_cli(capsys, "classify", "--checkpoint", str(run_dir[0]), str(path))
+    code, out, err = attnlab_cli("classify", "--checkpoint", str(run_dir[0]), str(path))
     assert code == 2 and message in err and err.count("\n") == 1 and not out
 
 
-def test_bad_checkpoints_and_options_are_one_line_errors(run_dir, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "classify", "--checkpoint", str(tmp_path), "x.png")
+def test_bad_checkpoints_and_options_are_one_line_errors(run_dir, tmp_path, attnlab_cli):
+    code, _, err = attnlab_cli("classify", "--checkpoint", str(tmp_path), "x.png")
     assert code == 2 and err.count("\n") == 1
-    code, _, err = run_cli(capsys, "eval", "vit", "--checkpoint", str(tmp_path / "missing"))
+    code, _, err = attnlab_cli("eval", "vit", "--checkpoint", str(tmp_path / "missing"))
     assert code == 2 and err.count("\n") == 1
-    code, _, err = run_cli(capsys, "classify", "--checkpoint", str(run_dir[0]), "x.png", "--top", "0")
+    code, _, err = attnlab_cli("classify", "--checkpoint", str(run_dir[0]), "x.png", "--top", "0")
     assert code == 2 and "--top" in err
-    code, _, err = run_cli(capsys, "train", "vit", "--preset", "huge")
+    code, _, err = attnlab_cli("train", "vit", "--preset", "huge")
     assert code == 2 and "choose from: tiny, fashion-mnist" in err
     (tmp_path / "file").write_text("")
-    code, _, err = run_cli(capsys, "classify", "--checkpoint", str(run_dir[0]), "x.png", "--png",
+    code, _, err = attnlab_cli("classify", "--checkpoint", str(run_dir[0]), "x.png", "--png",
                            str(tmp_path / "file"))
     assert code == 2 and "is a file, not a folder" in err
