@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from attnlab.commands.common import UsageError, positive_int, prepare_png_dir
+from attnlab.commands.common import UsageError, add_checkpoint_argument, positive_int, prepare_png_dir
 
 
 def load_classifier(path: str):
@@ -86,8 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "border is light. Prints the top classes with their probabilities.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files (PNG, JPEG, ...)")
-    parser.add_argument("--checkpoint", metavar="DIR", required=True,
-                        help="a checkpoint folder, or a training --out folder (its latest checkpoint)")
+    add_checkpoint_argument(parser)
     parser.add_argument("--top", type=positive_int, default=3, metavar="K",
                         help="how many classes to list (default: 3)")
     parser.add_argument("--invert", type=_invert, default=None, metavar="auto|yes|no",

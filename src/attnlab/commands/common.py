@@ -70,3 +70,9 @@ def write_json_atomic(path: str | os.PathLike, data) -> Path:
     except OSError as err:
         raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
     return path
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """The required ``--checkpoint DIR`` every command that reads a trained model takes."""
+    parser.add_argument("--checkpoint", metavar="DIR", required=True,
+                        help="a checkpoint folder, or a training --out folder (its latest checkpoint)")

@@ -8,7 +8,7 @@ import json
 import math
 import time
 
-from attnlab.commands.common import UsageError, positive_int, write_json_atomic
+from attnlab.commands.common import UsageError, add_checkpoint_argument, positive_int, write_json_atomic
 from attnlab.data.shakespeare import VALIDATION_WORKS
 
 
@@ -316,8 +316,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "nats per token, the perplexity per token and bits per character (total nats / characters "
         "/ ln 2, comparable between character and BPE tokenizers).",
     )
-    gpt.add_argument("--checkpoint", metavar="DIR", required=True,
-                     help="a checkpoint folder, or a training --out folder (its latest checkpoint)")
+    add_checkpoint_argument(gpt)
     gpt.add_argument("--max-tokens", type=positive_int, metavar="N", default=None,
                      help="score about N tokens in windows spread evenly over the held-out works, "
                      "always the same ones (default: all)")
@@ -331,8 +330,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "printed), overall and by source length in English words; shows the best and worst "
         "verses by sentence chrF.",
     )
-    translate.add_argument("--checkpoint", metavar="DIR", required=True,
-                           help="a checkpoint folder, or a training --out folder (its latest checkpoint)")
+    add_checkpoint_argument(translate)
     translate.add_argument("--max-sentences", type=positive_int, metavar="N", default=None,
                            help="score N verses spread evenly over the test books (default: all)")
     translate.add_argument("--beam", type=positive_int, metavar="N", default=4,
@@ -349,8 +347,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "10,000 test pictures; MNIST-5k: its fixed held-out 1,000) and print the accuracy, the "
         "accuracy per class and the speed; --png also draws the confusion matrix.",
     )
-    vit.add_argument("--checkpoint", metavar="DIR", required=True,
-                     help="a checkpoint folder, or a training --out folder (its latest checkpoint)")
+    add_checkpoint_argument(vit)
     vit.add_argument("--png", metavar="DIR", default=None,
                      help="also write the confusion matrix as DIR/confusion-matrix.png")
     vit.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -6,7 +6,13 @@ import argparse
 import json
 import sys
 
-from attnlab.commands.common import UsageError, non_negative_float, positive_int, prepare_png_dir
+from attnlab.commands.common import (
+    UsageError,
+    add_checkpoint_argument,
+    non_negative_float,
+    positive_int,
+    prepare_png_dir,
+)
 
 
 def load_translator(path: str):
@@ -91,8 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("text", nargs="?", default=None, metavar="TEXT",
                         help="the English text; read one sentence per line from stdin when left "
                         "out or '-'")
-    parser.add_argument("--checkpoint", metavar="DIR", required=True,
-                        help="a checkpoint folder, or a training --out folder (its latest checkpoint)")
+    add_checkpoint_argument(parser)
     parser.add_argument("--beam", type=positive_int, default=4, metavar="N",
                         help="beams in beam search (default: 4)")
     parser.add_argument("--length-penalty", type=non_negative_float, default=1.0, metavar="A",
