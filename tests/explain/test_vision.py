@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +24,6 @@ from attnlab.explain.vision import (
 from attnlab.models.vit import ViT, ViTConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHROMIUM = Path("/usr/bin/chromium")
 CLASSES = tuple(f"class {i}" for i in range(10))
 
 
@@ -107,35 +105,29 @@ def test_pngs_are_written(tmp_path, data, picture):
         write_vision_page(data, tmp_path)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/setup.sh --dev)")
-def test_page_in_chromium_shows_prediction_selector_and_weights(tmp_path, data):
-    from playwright.sync_api import sync_playwright
-
+def test_page_in_chromium_shows_prediction_selector_and_weights(tmp_path, data, browser):
     page_path = write_vision_page(data, tmp_path / "vision.html")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                             args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        errors = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(page_path.as_uri())
-        best = data["predictions"][0]
-        assert page.inner_text("h1") == f"The model thinks this is: {best['class']} " \
-                                        f"({100 * best['probability']:.1f}%)"
-        layers, heads = len(data["cls_attention"]), len(data["cls_attention"][0])
-        assert page.locator("#selector option").count() == 1 + layers * (1 + heads)
-        assert page.locator("#bars tr").count() == len(CLASSES)
-        assert page.locator("#heads canvas").count() == heads
-        # Hover the square in row 2, column 3 of the 4 x 4 grid: the readout gives its rollout weight.
-        canvas = page.locator("#picture")
-        box = canvas.bounding_box()
-        canvas.hover(position={"x": box["width"] * 2.5 / 4, "y": box["height"] * 1.5 / 4})
-        assert f"{data['rollout'][1 * 4 + 2]:.4f}" in page.inner_text("#readout")
-        page.locator("#heads figure").nth(1).click()
-        assert page.input_value("#selector") == f"{layers - 1}:1"
-        canvas.hover(position={"x": 5, "y": 5})  # (clicking scrolled the page: hover finds the canvas)
-        readout = page.inner_text("#readout")
-        assert f"{data['cls_attention'][-1][1][0]:.4f}" in readout and "kept" in readout
-        page.screenshot(path=str(tmp_path / "vision.png"), full_page=True)
-        browser.close()
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(page_path.as_uri())
+    best = data["predictions"][0]
+    assert page.inner_text("h1") == f"The model thinks this is: {best['class']} " \
+                                    f"({100 * best['probability']:.1f}%)"
+    layers, heads = len(data["cls_attention"]), len(data["cls_attention"][0])
+    assert page.locator("#selector option").count() == 1 + layers * (1 + heads)
+    assert page.locator("#bars tr").count() == len(CLASSES)
+    assert page.locator("#heads canvas").count() == heads
+    # Hover the square in row 2, column 3 of the 4 x 4 grid: the readout gives its rollout weight.
+    canvas = page.locator("#picture")
+    box = canvas.bounding_box()
+    canvas.hover(position={"x": box["width"] * 2.5 / 4, "y": box["height"] * 1.5 / 4})
+    assert f"{data['rollout'][1 * 4 + 2]:.4f}" in page.inner_text("#readout")
+    page.locator("#heads figure").nth(1).click()
+    assert page.input_value("#selector") == f"{layers - 1}:1"
+    canvas.hover(position={"x": 5, "y": 5})  # (clicking scrolled the page: hover finds the canvas)
+    readout = page.inner_text("#readout")
+    assert f"{data['cls_attention'][-1][1][0]:.4f}" in readout and "kept" in readout
+    page.screenshot(path=str(tmp_path / "vision.png"), full_page=True)
+    page.close()
     assert not errors
