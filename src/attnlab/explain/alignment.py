@@ -9,16 +9,13 @@ used while writing target token ``t`` (its input was BOS and the targets before 
 
 from __future__ import annotations
 
-import html
-import json
 import os
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-from attnlab.explain.files import save_figure, write_atomically
+from attnlab.explain.files import fill_template, save_figure, write_atomically
 
 #: Shown instead of ``<|endoftext|>``, which ends the source and the translation.
 END_LABEL = "⟨end⟩"
@@ -74,13 +71,7 @@ def alignment_data(model: torch.nn.Module, tokenizer, source_text: str,
 def render_alignment_page(data: dict) -> str:
     """The alignment page for ``data`` (from :func:`alignment_data`) as one HTML string; the data
     is embedded as JSON in ``<script type="application/json" id="alignment-data">``."""
-    payload = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    # "<" cannot appear in JSON outside strings, where "\u003c" means the same character: this
-    # keeps "</script>" inside a token from closing the element.
-    payload = payload.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    template = (resources.files(__package__) / "templates" / "alignment.html").read_text(encoding="utf-8")
-    title = html.escape(f"attnlab alignment: {data['source_text']}")
-    return template.replace("{{title}}", title).replace("{{data}}", payload)
+    return fill_template("alignment.html", title=f"attnlab alignment: {data['source_text']}", data=data)
 
 
 def write_alignment_page(data: dict, path: str | os.PathLike) -> Path:

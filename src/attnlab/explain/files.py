@@ -1,10 +1,29 @@
-"""Writing the explainer's files so that a crash never leaves half of one."""
+"""The explainer's files: self-contained pages filled from templates, and written so that a
+crash never leaves half of one."""
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import secrets
+from importlib import resources
 from pathlib import Path
+
+
+def _template(name: str) -> str:
+    return (resources.files(__package__) / "templates" / name).read_text(encoding="utf-8")
+
+
+def fill_template(name: str, *, title: str, data: dict) -> str:
+    """``templates/name`` with ``{{title}}`` (HTML-escaped), ``{{common_css}}`` (the shared
+    ``common.css``) and ``{{data}}``: ``data`` as JSON, safe inside a ``<script>`` element."""
+    payload = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    # "<" cannot appear in JSON outside strings, where "\u003c" means the same character: this
+    # keeps "</script>" inside a string from closing the element.
+    payload = payload.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return (_template(name).replace("{{common_css}}", _template("common.css"))
+            .replace("{{title}}", html.escape(title)).replace("{{data}}", payload))
 
 
 def write_atomically(path: Path, write) -> Path:

@@ -22,17 +22,14 @@ confusion matrix.
 from __future__ import annotations
 
 import base64
-import html
 import io
-import json
 import os
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-from attnlab.explain.files import save_figure, write_atomically
+from attnlab.explain.files import fill_template, save_figure, write_atomically
 
 
 def attention_rollout(weights: torch.Tensor) -> torch.Tensor:
@@ -99,12 +96,9 @@ def vision_data(model: torch.nn.Module, pixels: torch.Tensor, normalization, cla
 def render_vision_page(data: dict) -> str:
     """The page for ``data`` (from :func:`vision_data`) as one HTML string, the data embedded as
     JSON in ``<script type="application/json" id="vision-data">``."""
-    payload = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    payload = payload.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    template = (resources.files(__package__) / "templates" / "vision.html").read_text(encoding="utf-8")
     best = data["predictions"][0]
-    title = html.escape(f"attnlab classify: {best['class']} ({100 * best['probability']:.1f}%)")
-    return template.replace("{{title}}", title).replace("{{data}}", payload)
+    title = f"attnlab classify: {best['class']} ({100 * best['probability']:.1f}%)"
+    return fill_template("vision.html", title=title, data=data)
 
 
 def write_vision_page(data: dict, path: str | os.PathLike) -> Path:
