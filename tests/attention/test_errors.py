@@ -128,6 +128,23 @@ def test_window_that_is_not_an_int_or_a_pair_is_a_type_error(window):
         attention(*_qkv(), window=window, backend="tiled")
 
 
+@pytest.mark.parametrize("global_tokens", [-1, 2.0, True, "4"])
+@pytest.mark.parametrize("backend", ["reference", "tiled", "auto"])
+def test_global_tokens_must_be_a_whole_number(backend, global_tokens):
+    with _raises(ValueError, "global_tokens", ">= 0", repr(global_tokens)):
+        attention(*_qkv(), window=(2, 2), global_tokens=global_tokens, backend=backend)
+
+
+def test_global_tokens_without_a_window_says_to_pass_one():
+    with _raises(ValueError, "global_tokens", "window=(left, right)"):
+        attention(*_qkv(), global_tokens=2, backend="tiled")
+
+
+def test_torch_backend_refuses_global_tokens_with_the_window():
+    with _raises(ValueError, "backend='torch' does not support window"):
+        attention(*_qkv(), window=(2, 2), global_tokens=2, backend="torch")
+
+
 @pytest.mark.parametrize("dropout_p", [1.0, -0.1, 1.5, True, "0.1"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dropout_outside_zero_one_is_rejected(backend, dropout_p):

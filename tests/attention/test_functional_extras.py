@@ -21,11 +21,12 @@ TOL = {torch.float64: dict(atol=1e-10, rtol=1e-8), torch.float32: dict(atol=1e-4
 
 
 def formula(query, key, value, attn_mask=None, is_causal=False, scale=None, window=None,
-            alibi_slopes=None, softcap=None):
+            alibi_slopes=None, softcap=None, global_tokens=0):
     """DESIGN.md's definition in float64, one line per clause.
 
     s_ij = softcap·tanh(scale·q_i·k_j / softcap) - slope_h·|i-j| + float_mask_ij, and -inf where
-    the bool mask is False, j > i (causal), j < i - left or j > i + right (window);
+    the bool mask is False, j > i (causal), j < i - left or j > i + right (window) unless
+    i < global_tokens or j < global_tokens;
     output_i = softmax_j(s_ij) @ v, and 0 for a row with no allowed key.
     """
     q, k, v = (t.double() for t in (query, key, value))
@@ -39,17 +40,18 @@ def formula(query, key, value, attn_mask=None, is_causal=False, scale=None, wind
         s = softcap * torch.tanh(s / softcap)
     if alibi_slopes is not None:
         s = s - alibi_slopes.double()[:, None, None] * (i - j).abs()
-    allowed = torch.ones(lq, lk, dtype=torch.bool)
-    if is_causal:
-        allowed &= j <= i
+    in_window = torch.ones(lq, lk, dtype=torch.bool)
     if isinstance(window, int):
         window = (window, window)
     if window is not None:
         left, right = window
         if left not in (None, -1):
-            allowed &= j >= i - left
+            in_window &= j >= i - left
         if right not in (None, -1):
-            allowed &= j <= i + right
+            in_window &= j <= i + right
+    allowed = in_window | (i < global_tokens) | (j < global_tokens)
+    if is_causal:
+        allowed &= j <= i
     if attn_mask is not None and attn_mask.dtype == torch.bool:
         allowed = allowed & attn_mask
     elif attn_mask is not None:
@@ -108,6 +110,14 @@ EXTRAS_CASES = {
     "window-int": dict(window=3),
     "window-zero": dict(window=(0, 0)),
     "window-left-only": dict(window=(4, -1)),
+    # Longformer-style global tokens: fewer than, and more than, one 8-query / 16-key tile.
+    "window-global-tokens": dict(window=(2, 1), global_tokens=3),
+    "window-causal-global-tokens": dict(window=(3, 0), is_causal=True, global_tokens=3),
+    "window-global-tokens-over-a-tile": dict(lk=40, lq=40, window=(2, 2), global_tokens=17),
+    "window-causal-global-tokens-over-a-tile-lq<lk": dict(lq=30, lk=45, window=(4, 0),
+                                                          is_causal=True, global_tokens=10),
+    "window-global-tokens-gqa-bool-mask": dict(hq=4, hk=2, window=(1, 1), global_tokens=2,
+                                               mask=("bool", (20, 20))),
     "window-right-only-none": dict(window=(None, 2)),
     "window-right-only-minus-one": dict(window=(-1, 2)),
     "window-lq<lk": dict(lq=9, lk=40, window=(3, 5)),

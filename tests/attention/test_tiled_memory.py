@@ -117,6 +117,9 @@ WORK_CASES = [
     pytest.param(dict(window=(64, 0)), 0.2, id="window-of-64"),  # 2 of 16 key tiles per row
     pytest.param(dict(window=(64, 64)), 0.25, id="window-of-64-both-sides"),  # 3 of 16
     pytest.param(dict(is_causal=True), 0.6, id="causal"),  # 136 of 256 tiles
+    # the first row of tiles (holding the 16 global queries) sees all 16 key tiles, every other
+    # row its 2 window tiles and a quarter tile of global keys: (16 + 15 * 2.25) / 256 = 0.194
+    pytest.param(dict(window=(64, 0), global_tokens=16), 0.2, id="window-of-64-16-global-tokens"),
     pytest.param(dict(attn_mask=torch.arange(1024) < 100), 0.2, id="mask-emptying-key-tiles"),  # 2 of 16
 ]
 

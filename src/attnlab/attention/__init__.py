@@ -17,6 +17,7 @@ from attnlab.attention.positions import (
     sinusoidal_positions,
     sinusoidal_positions_2d,
 )
+from attnlab.attention.ring import ring_attention
 
 __all__ = [
     "BACKENDS",
@@ -31,6 +32,7 @@ __all__ = [
     "choose_backend",
     "elu_feature_map",
     "linear_attention",
+    "ring_attention",
     "sinusoidal_positions",
     "sinusoidal_positions_2d",
 ]

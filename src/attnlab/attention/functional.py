@@ -8,6 +8,7 @@ The meaning is PyTorch's ``scaled_dot_product_attention`` plus three extras; the
     scaled  = softcap * tanh(scaled / softcap)                # only with softcap
     masked  = scaled - slope_h * |i - j| + float_mask         # ALiBi, additive mask
     masked  = masked.masked_fill(~allowed, -inf)              # bool mask, causal, window
+                                                              # (global tokens widen the window)
     weights = softmax(masked, dim=-1)                         # rows with no key -> all zeros
     output  = dropout(weights) @ value                        # (..., Hq, Lq, Dv)
 
@@ -42,6 +43,7 @@ class _Request:
     window: tuple[int | None, int | None] | None
     softcap: float | None
     dropout_p: float
+    global_tokens: int = 0
 
     @property
     def groups(self) -> int:
@@ -53,7 +55,7 @@ class _Request:
 
 
 def _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window, alibi_slopes,
-           softcap, backend) -> _Request:
+           softcap, backend, global_tokens=0) -> _Request:
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -127,6 +129,12 @@ def _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window, a
         raise ValueError(f"softcap must be a positive number or None, got {softcap!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if isinstance(global_tokens, bool) or not isinstance(global_tokens, int) or global_tokens < 0:
+        raise ValueError(f"global_tokens must be a whole number >= 0, got {global_tokens!r}")
+    normalized_window = normalize_window(window)
+    if global_tokens and normalized_window is None:
+        raise ValueError("global_tokens widens a window: pass window=(left, right) with it "
+                         "(without a window every token is already global)")
     return _Request(
         batch=tuple(query.shape[:-3]),
         q_heads=q_heads,
@@ -134,9 +142,10 @@ def _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window, a
         q_len=query.shape[-2],
         k_len=key.shape[-2],
         scale=float(scale),
-        window=normalize_window(window),
+        window=normalized_window,
         softcap=None if softcap is None else float(softcap),
         dropout_p=float(dropout_p),
+        global_tokens=global_tokens,
     )
 
 
@@ -173,6 +182,7 @@ class AttentionTrace:
     alibi_slopes: torch.Tensor | None
     attn_mask: torch.Tensor | None
     dropout_p: float
+    global_tokens: int = 0
 
 
 def _reference(query, key, value, attn_mask, is_causal, alibi_slopes, req: _Request):
@@ -200,6 +210,11 @@ def _reference(query, key, value, attn_mask, is_causal, alibi_slopes, req: _Requ
         allowed = allowed & (offset >= -left)
     if right is not None:
         allowed = allowed & (offset <= right)
+    if req.global_tokens:  # the first g positions see, and are seen by, every position
+        positions = torch.arange(req.k_len, device=query.device), torch.arange(
+            req.q_len, device=query.device)
+        widened = (positions[0] < req.global_tokens) | (positions[1] < req.global_tokens)[:, None]
+        allowed = allowed | (widened & (offset <= 0) if is_causal else widened)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             allowed = allowed & attn_mask
@@ -278,7 +293,8 @@ def _tiled_backend(query, key, value, attn_mask, is_causal, alibi_slopes, req: _
     seed = int(torch.randint(0, 2**62, (1,)).item()) if req.dropout_p > 0 else 0
     params = tiled.TiledParams(
         scale=req.scale, left=left, right=right, softcap=req.softcap, dropout_p=req.dropout_p,
-        seed=seed, block_q=block_q, block_k=block_k,
+        seed=seed, block_q=block_q, block_k=block_k, global_tokens=req.global_tokens,
+        causal=is_causal,
     )
     out = tiled.TiledAttentionFunction.apply(q, k, v, mask, neg_slopes, n, params)
     return out.reshape(*req.batch, req.q_heads, req.q_len, value.shape[-1])
@@ -300,19 +316,19 @@ def _pytorch_has_fused_kernel(query, key, value, attn_mask, dropout_p, is_causal
 
 def choose_backend(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                    scale=None, enable_gqa=False, *, window=None, alibi_slopes=None,
-                   softcap=None) -> str:
+                   softcap=None, global_tokens=0) -> str:
     """The backend ``backend="auto"`` runs for this request. The rule:
 
-    1. ``tiled`` if the request uses an extra PyTorch lacks (``window``, ``alibi_slopes``,
-       ``softcap``) or combines ``attn_mask`` with ``is_causal`` (PyTorch would need an n x n
-       merged mask).
+    1. ``tiled`` if the request uses an extra PyTorch lacks (``window`` and ``global_tokens``,
+       ``alibi_slopes``, ``softcap``) or combines ``attn_mask`` with ``is_causal`` (PyTorch would
+       need an n x n merged mask).
     2. ``torch`` if PyTorch runs it in a fused kernel (FlashAttention / memory-efficient / cuDNN
        on CUDA, the flash kernel on CPU), which is the fastest exact kernel where it applies.
     3. ``tiled`` otherwise: PyTorch would fall back to its math path, which materialises the
        n x n scores (e.g. dropout on CPU, value head_dim != key head_dim).
     """
     req = _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window,
-                 alibi_slopes, softcap, "auto")
+                 alibi_slopes, softcap, "auto", global_tokens)
     return _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, req)
 
 
@@ -327,7 +343,8 @@ def _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, r
 
 
 def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-              enable_gqa=False, *, window=None, alibi_slopes=None, softcap=None, backend="auto"):
+              enable_gqa=False, *, window=None, alibi_slopes=None, softcap=None, global_tokens=0,
+              backend="auto"):
     """Scaled dot-product attention, exact on every backend.
 
     Args:
@@ -341,7 +358,12 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
         scale: multiplies ``q . k``; defaults to ``1/sqrt(D)``.
         enable_gqa: let ``Hk`` divide ``Hq`` (grouped-query / multi-query attention).
         window: ``(left, right)``: query ``i`` sees keys ``i-left .. i+right``; ``None`` or ``-1``
-            on a side means unlimited; an int ``w`` means ``(w, w)``.
+            on a side means unlimited; an int ``w`` means ``(w, w)``. The ``tiled`` backend
+            visits only the key blocks inside the window: O(n * window) time.
+        global_tokens: with ``window``, the first ``g`` positions are global (Longformer): they
+            see every key and every query sees them (``is_causal`` still applies). Their key
+            blocks are visited for every query block and their query blocks see all keys, so the
+            cost is O(n * (window + g)).
         alibi_slopes: ``(Hq,)``; adds ``-slope * |i - j|`` to head ``h``'s scores.
         softcap: replaces scaled scores ``x`` by ``softcap * tanh(x / softcap)``.
         backend: ``"auto"`` (see :func:`choose_backend`), ``"reference"``, ``"tiled"``, ``"torch"``.
@@ -354,7 +376,7 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
         TypeError / ValueError naming the argument and the shapes or dtypes seen.
     """
     req = _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window,
-                 alibi_slopes, softcap, backend)
+                 alibi_slopes, softcap, backend, global_tokens)
     if query.numel() == 0 or key.shape[-2] == 0:
         # Nothing to tile and nothing for a fused kernel to do: the formula gives the empty (or,
         # with no keys, all-zero) output, and a gradient graph, on any backend's behalf.
@@ -377,7 +399,7 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
 
 def attention_trace(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                     scale=None, enable_gqa=False, *, window=None, alibi_slopes=None,
-                    softcap=None, backend="reference") -> AttentionTrace:
+                    softcap=None, global_tokens=0, backend="reference") -> AttentionTrace:
     """Run the reference formula and keep every step (see :class:`AttentionTrace`).
 
     Takes :func:`attention`'s arguments. The trace always materialises the ``(..., Hq, Lq, Lk)``
@@ -387,7 +409,7 @@ def attention_trace(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     if backend not in ("reference", "auto"):
         raise ValueError(f"attention_trace always uses the reference formula, got backend={backend!r}")
     req = _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window,
-                 alibi_slopes, softcap, "reference")
+                 alibi_slopes, softcap, "reference", global_tokens)
     scores, scaled, masked, weights, output = _reference(
         query, key, value, attn_mask, is_causal, alibi_slopes, req
     )
@@ -395,5 +417,5 @@ def attention_trace(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         query=query, key=key, value=value, scores=scores, scaled=scaled, masked=masked,
         weights=weights, output=output, scale=req.scale, is_causal=is_causal, window=req.window,
         softcap=req.softcap, alibi_slopes=alibi_slopes, attn_mask=attn_mask,
-        dropout_p=req.dropout_p,
+        dropout_p=req.dropout_p, global_tokens=req.global_tokens,
     )

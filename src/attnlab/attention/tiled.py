@@ -14,7 +14,9 @@ the output and the per-row log-sum-exp ``lse = m + log l``; the backward recompu
 probabilities from ``lse`` (``p = exp(s - lse)``), so neither pass stores an n x n tensor.
 
 Key blocks that causality or a window make empty are never visited (a window of ``w`` costs
-O(n * w)), and blocks a boolean mask empties are skipped after one cheap ``any()``.
+O(n * w)), and blocks a boolean mask empties are skipped after one cheap ``any()``. Global
+tokens (the first ``g`` positions, Longformer-style) add their key blocks to every query block's
+visit and give their own query blocks every key: O(n * (w + g)).
 Dropout keeps no mask: each block's keep-mask is regenerated from a seed derived from the
 block's position, identically in forward and backward.
 """
@@ -50,6 +52,8 @@ class TiledParams:
     seed: int
     block_q: int
     block_k: int
+    global_tokens: int = 0  # the first g positions see and are seen by all (widen the window)
+    causal: bool = False  # still applies to global tokens (left/right already include it)
 
 
 def choose_blocks(rows_per_query: int, q_len: int, k_len: int) -> tuple[int, int]:
@@ -72,6 +76,20 @@ def _key_range(i0: int, i1: int, k_len: int, p: TiledParams) -> tuple[int, int]:
     return lo, hi
 
 
+def _key_blocks(i0: int, i1: int, k_len: int, p: TiledParams):
+    """The ``(j0, j1)`` key blocks to visit for queries ``[i0, i1)``: the window's range, plus
+    the global keys ``[0, g)``; a block holding a global query visits every (causal) key."""
+    g = p.global_tokens
+    if g and i0 < g:
+        spans = [(0, min(k_len, i1) if p.causal else k_len)]
+    else:
+        lo, hi = _key_range(i0, i1, k_len, p)
+        spans = [(0, min(g, lo, k_len)), (lo, hi)] if g and lo > 0 else [(lo, hi)]
+    for lo, hi in spans:
+        for j0 in range(lo, hi, p.block_k):
+            yield j0, min(j0 + p.block_k, hi)
+
+
 def _offsets(i0: int, i1: int, j0: int, j1: int, device) -> torch.Tensor:
     """(bq, bk) integer ``j - i`` for the tile's queries i in [i0, i1) and keys j in [j0, j1)."""
     return torch.arange(j0, j1, device=device)[None, :] - torch.arange(i0, i1, device=device)[:, None]
@@ -81,6 +99,12 @@ def _window_block_bias(i0, i1, j0, j1, p: TiledParams, device, dtype) -> torch.T
     """(bq, bk) additive bias of the window inside a tile (0 inside, -inf outside), or None when
     the tile lies wholly inside. Added rather than masked_fill'ed: broadcasting a (bq, bk) bias
     over the heads runs ~8x faster here than a broadcast masked_fill_."""
+    g = p.global_tokens
+    if g and (j1 <= g or i1 <= g):  # every pair in the tile involves a global token
+        if not p.causal or j1 - 1 <= i0:
+            return None
+        allowed = _offsets(i0, i1, j0, j1, device) <= 0
+        return torch.zeros((), dtype=dtype, device=device).masked_fill(~allowed, -math.inf)
     inside_right = p.right is None or j1 - 1 <= i0 + p.right
     inside_left = p.left is None or j0 >= i1 - 1 - p.left
     if inside_right and inside_left:
@@ -91,6 +115,10 @@ def _window_block_bias(i0, i1, j0, j1, p: TiledParams, device, dtype) -> torch.T
         allowed &= offset <= p.right
     if p.left is not None:
         allowed &= offset >= -p.left
+    if g and (j0 < g or i0 < g):
+        keys, queries = torch.arange(j0, j1, device=device), torch.arange(i0, i1, device=device)
+        widened = (keys < g) | (queries < g)[:, None]
+        allowed |= widened & (offset <= 0) if p.causal else widened
     return torch.zeros((), dtype=dtype, device=device).masked_fill(~allowed, -math.inf)
 
 
@@ -206,24 +234,12 @@ def _forward(q, k, v, mask, neg_slopes, n, p: TiledParams):
         m = torch.full((nhk, rows.shape[1], 1), -math.inf, dtype=acc_dtype, device=q.device)
         l = torch.zeros_like(m)  # noqa: E741 (the paper's name for the normaliser)
         acc = torch.zeros(nhk, rows.shape[1], v_dim, dtype=acc_dtype, device=q.device)
-        lo, hi = _key_range(i0, i1, k_len, p)
-        for j0 in range(lo, hi, p.block_k):
-            j1 = min(j0 + p.block_k, hi)
+        for j0, j1 in _key_blocks(i0, i1, k_len, p):
             block = scores(rows, i0, i1, j0, j1)
             if block is None:
                 continue
-            s, _ = block
-            m_new = torch.maximum(m, s.amax(-1, keepdim=True))
-            # Rows with no visible key yet have m_new = -inf; shift by 0 so exp gives 0, not NaN.
-            m_safe = m_new.masked_fill(m_new == -math.inf, 0.0)
-            prob = s.sub_(m_safe).exp_()
-            alpha = (m - m_safe).exp_()
-            l.mul_(alpha).add_(prob.sum(-1, keepdim=True))
-            if p.dropout_p > 0:
-                prob.mul_(_keep_mask(prob.shape, p, i0, j0, q.device))
-            acc.mul_(alpha)
-            _accumulate(acc, prob, v[:, j0:j1])
-            m = m_new
+            keep = _keep_mask(block[0].shape, p, i0, j0, q.device) if p.dropout_p > 0 else None
+            online_softmax_step(m, l, acc, block[0], v[:, j0:j1], keep)
         empty = l == 0
         norm = l.masked_fill(empty, 1.0)
         if p.dropout_p > 0:
@@ -233,6 +249,26 @@ def _forward(q, k, v, mask, neg_slopes, n, p: TiledParams):
         row_lse = torch.where(empty, math.inf, m + l.log())
         lse[:, :, i0:i1] = row_lse.view(nhk, groups, i1 - i0)
     return out, lse
+
+
+def online_softmax_step(m, l, acc, s, v_block, keep=None) -> None:  # noqa: E741
+    """Fold one tile of scores into the running softmax state, in place.
+
+    ``m``, ``l`` ``(B, rows, 1)``: running row maximum and normaliser; ``acc`` ``(B, rows, Dv)``:
+    unnormalised output; ``s`` ``(B, rows, bk)``: the tile's scores (overwritten);
+    ``v_block`` ``(B, bk, Dv)``; ``keep``: the dropout keep-mask of the tile, or None.
+    """
+    m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+    # Rows with no visible key yet have m_new = -inf; shift by 0 so exp gives 0, not NaN.
+    m_safe = m_new.masked_fill(m_new == -math.inf, 0.0)
+    prob = s.sub_(m_safe).exp_()
+    alpha = (m - m_safe).exp_()
+    l.mul_(alpha).add_(prob.sum(-1, keepdim=True))
+    if keep is not None:
+        prob.mul_(keep)
+    acc.mul_(alpha)
+    _accumulate(acc, prob, v_block)
+    m.copy_(m_new)
 
 
 def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, transpose_a=False) -> None:
@@ -246,19 +282,29 @@ def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, transpose_a
 
 
 def _backward(grad_out, q, k, v, out, lse, mask, neg_slopes, n, p: TiledParams):
-    nhk, groups, q_len, head_dim = q.shape
-    k_len = k.shape[1]
     acc_dtype = lse.dtype
     in_dtypes = q.dtype, k.dtype, v.dtype
     # Half precision is upcast once (O(n)): rounding dP or dS to bf16 and multiplying by keys or
     # queries of size ~100 would put errors of order 1 into the gradients.
     q, k, v, grad_out = (t.to(acc_dtype) for t in (q, k, v, grad_out))
-    scores = _BlockScores(k, mask, neg_slopes, p, n, nhk // n)
     # delta_i = sum_j p_ij dP_ij = dO_i . O_i  (holds with dropout too, as O includes it)
     delta = (grad_out * out).sum(-1)
-    dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
-    dk = torch.zeros(k.shape, dtype=acc_dtype, device=q.device)
-    dv = torch.zeros(v.shape, dtype=acc_dtype, device=q.device)
+    dq, dk, dv = (torch.zeros(t.shape, dtype=acc_dtype, device=q.device) for t in (q, k, v))
+    backward_into(dq, dk, dv, grad_out, q, k, v, delta, lse, mask, neg_slopes, n, p)
+    return dq.to(in_dtypes[0]), dk.to(in_dtypes[1]), dv.to(in_dtypes[2])
+
+
+def backward_into(dq, dk, dv, grad_out, q, k, v, delta, lse, mask, neg_slopes, n, p: TiledParams):
+    """Add the gradients of one attention call to ``dq``, ``dk``, ``dv`` (in place).
+
+    Everything is in the accumulator dtype and the layout of :class:`TiledAttentionFunction`;
+    ``lse`` and ``delta = (grad_out * out).sum(-1)`` are ``(NHk, G, Lq)`` and may come from a
+    larger softmax than ``k`` covers (ring attention passes the log-sum-exp over all keys, so
+    each key block's probabilities are already the final ones).
+    """
+    nhk, groups, q_len, head_dim = q.shape
+    k_len = k.shape[1]
+    scores = _BlockScores(k, mask, neg_slopes, p, n, nhk // n)
     keep_scale = 1.0 / (1.0 - p.dropout_p)
     for i0 in range(0, q_len, p.block_q):
         i1 = min(i0 + p.block_q, q_len)
@@ -266,10 +312,8 @@ def _backward(grad_out, q, k, v, out, lse, mask, neg_slopes, n, p: TiledParams):
         d_out = _query_rows(grad_out, i0, i1)
         row_lse = lse[:, :, i0:i1].reshape(nhk, -1, 1)
         row_delta = delta[:, :, i0:i1].reshape(nhk, -1, 1)
-        d_rows = torch.zeros(nhk, rows.shape[1], head_dim, dtype=acc_dtype, device=q.device)
-        lo, hi = _key_range(i0, i1, k_len, p)
-        for j0 in range(lo, hi, p.block_k):
-            j1 = min(j0 + p.block_k, hi)
+        d_rows = torch.zeros(nhk, rows.shape[1], head_dim, dtype=dq.dtype, device=q.device)
+        for j0, j1 in _key_blocks(i0, i1, k_len, p):
             block = scores(rows, i0, i1, j0, j1)
             if block is None:
                 continue
@@ -287,6 +331,4 @@ def _backward(grad_out, q, k, v, out, lse, mask, neg_slopes, n, p: TiledParams):
                 d_score.mul_(1.0 - tanh.square())
             _accumulate(d_rows, d_score, k[:, j0:j1])
             _accumulate(dk[:, j0:j1], d_score, rows, transpose_a=True)
-        dq[:, :, i0:i1] = d_rows.view(nhk, groups, i1 - i0, head_dim)
-    dq.mul_(p.scale)
-    return dq.to(in_dtypes[0]), dk.to(in_dtypes[1]), dv.to(in_dtypes[2])
+        dq[:, :, i0:i1].add_(d_rows.view(nhk, groups, i1 - i0, head_dim), alpha=p.scale)
