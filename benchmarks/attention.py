@@ -41,13 +41,15 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.attention import attention, choose_backend
+from memory_probe import reset_peak_rss, status_kib
 
 B, H, D = 1, 8, 64  # batch, heads, head_dim
-WINDOW = (256, 0)  # keys i-256 .. i: a causal sliding window
+WINDOW_LEFT = 256  # default window (256, 0): keys i-256 .. i, a causal sliding window
 THREADS = 2
 SEED = 0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-NS = (512, 2048, 8192, 16384, 32768)
+NS = (512, 2048, 8192, 16384, 32768)  # the default sweep
+LONG_NS = (65536, 131072, 262144)  # on request (--n): minutes per call, see docs/benchmarks.md
 MASKS = ("none", "causal", "window")
 PASSES = ("fwd", "fwd+bwd")
 IMPLS = ("torch", "tiled", "auto", "naive")  # torch first: the others are compared with it
@@ -66,6 +68,11 @@ class Config:
     n: int
     mask: str
     pass_: str
+    window_left: int = WINDOW_LEFT  # the window is (window_left, 0) when mask == "window"
+
+    @property
+    def window(self) -> tuple[int, int] | None:
+        return (self.window_left, 0) if self.mask == "window" else None
 
 
 def estimate_bytes(cfg: Config) -> float:
@@ -94,32 +101,13 @@ def estimate_bytes(cfg: Config) -> float:
 # ---------------------------------------------------------------- one config, in a subprocess
 
 
-def _status_kib(field: str) -> int:
-    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process, in KiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the RSS high-water mark (Linux >= 4.0), so import-time peaks do not count."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def _dense_allowed(n: int, mask: str) -> torch.Tensor | None:
+def _dense_allowed(n: int, mask: str, window_left: int = WINDOW_LEFT) -> torch.Tensor | None:
     """Boolean (n, n) mask, True where query i may attend to key j; built in place, no temporaries."""
     if mask == "none":
         return None
     allowed = torch.ones(n, n, dtype=torch.bool).tril_()  # causal: j <= i
     if mask == "window":
-        allowed.triu_(-WINDOW[0])  # and j >= i - left
+        allowed.triu_(-window_left)  # and j >= i - left
     return allowed
 
 
@@ -133,14 +121,14 @@ def _naive(q, k, v, allowed):
 def make_impl(cfg: Config, q, k, v) -> Callable[[], torch.Tensor]:
     """A zero-argument call computing the attention output; dense masks are built here."""
     causal = cfg.mask == "causal"
-    window = WINDOW if cfg.mask == "window" else None
+    window = cfg.window
     if cfg.impl in ("tiled", "auto"):
         return lambda: attention(q, k, v, is_causal=causal, window=window, backend=cfg.impl)
     if cfg.impl == "torch":
-        allowed = _dense_allowed(cfg.n, "window") if window else None
+        allowed = _dense_allowed(cfg.n, "window", cfg.window_left) if window else None
         return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=causal)
     if cfg.impl == "naive":
-        allowed = _dense_allowed(cfg.n, cfg.mask)
+        allowed = _dense_allowed(cfg.n, cfg.mask, cfg.window_left)
         return lambda: _naive(q, k, v, allowed)
     raise ValueError(f"impl must be one of {IMPLS}, got {cfg.impl!r}")
 
@@ -181,8 +169,8 @@ def measure(cfg: Config, max_repeats: int) -> dict:
     tiny = replace(cfg, n=PRIME_N)
     _step(tiny, *_inputs(tiny))()
     q, k, v, grad = _inputs(cfg)
-    baseline_kib = _status_kib("VmRSS")
-    peak_reset = _reset_peak_rss()
+    baseline_kib = status_kib("VmRSS")
+    peak_reset = reset_peak_rss()
     step = _step(cfg, q, k, v, grad)  # builds any dense mask: extra memory, not timed
 
     warmup_s = _seconds(step, 1)
@@ -196,11 +184,11 @@ def measure(cfg: Config, max_repeats: int) -> dict:
         times = [_seconds(step, number) for _ in range(repeats)]
     # Not ru_maxrss: Linux carries the parent's peak RSS into it across fork + exec, so a fresh
     # child started by a 350 MiB runner would report >= 350 MiB. VmHWM is this process's own.
-    peak_kib = _status_kib("VmHWM")
+    peak_kib = status_kib("VmHWM")
     picked = None
     if cfg.impl == "auto":
         picked = choose_backend(q, k, v, is_causal=cfg.mask == "causal",
-                                window=WINDOW if cfg.mask == "window" else None)
+                                window=cfg.window)
     return {
         "time_ms": statistics.median(times) * 1e3,
         "times_ms": [t * 1e3 for t in times],
@@ -248,14 +236,16 @@ def check_agreement(configs: list[Config]) -> None:
     """Before timing, prove every implementation computes the same attention (n = 600 > window)."""
     torch.manual_seed(SEED)
     n = 600
+    window_left = configs[0].window_left
     for dtype_name, mask in sorted({(c.dtype, c.mask) for c in configs}):
         dtype = DTYPES[dtype_name]
         q, k, v = (torch.randn(B, H, n, D, dtype=torch.float64) for _ in range(3))
         want = attention(q, k, v, is_causal=mask == "causal",
-                         window=WINDOW if mask == "window" else None, backend="reference")
+                         window=(window_left, 0) if mask == "window" else None,
+                         backend="reference")
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         for impl in sorted({c.impl for c in configs}):
-            cfg = Config(impl, dtype_name, n, mask, "fwd")
+            cfg = Config(impl, dtype_name, n, mask, "fwd", window_left)
             got = make_impl(cfg, q.to(dtype), k.to(dtype), v.to(dtype))().double()
             error = (got - want).abs().max().item()
             if not error <= tol:
@@ -276,7 +266,8 @@ def _ratio(reference: float | None, value: float | None) -> str:
     return f"{reference / value:.2f}×"
 
 
-def render(records: list[dict], command: str, max_repeats: int, load: float) -> str:
+def render(records: list[dict], command: str, max_repeats: int, load: float,
+           window_left: int = WINDOW_LEFT) -> str:
     """The markdown report: machine, command, then one table row per config."""
     lines = [
         "# Attention benchmark",
@@ -286,7 +277,7 @@ def render(records: list[dict], command: str, max_repeats: int, load: float) -> 
         f"torch {torch.__version__}, Python {platform.python_version()}; load average "
         f"{load:.2f} before the run (other work on the machine makes timings noisy)",
         f"- Command: `{command}`",
-        f"- Shapes: B={B}, H={H}, D={D}; window = {WINDOW} (left, right). Time: median of 2 to "
+        f"- Shapes: B={B}, H={H}, D={D}; window = {(window_left, 0)} (left, right). Time: median of 2 to "
         f"{max_repeats} repeats after a warm-up; a first call of {SINGLE_RUN_S:g} s or more is timed "
         f"once. Peak extra = peak RSS − RSS after creating "
         "q, k, v (dense masks count as extra), each config in a fresh process.",
@@ -338,12 +329,16 @@ def _choices(allowed: tuple, cast=str):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=_choices(NS, int), default=list(NS), help="e.g. 512,2048")
+    parser.add_argument("--n", type=_choices(NS + LONG_NS, int), default=list(NS),
+                        help=f"e.g. 512,2048 (default {','.join(map(str, NS))}; also "
+                             f"{','.join(map(str, LONG_NS))})")
     parser.add_argument("--dtype", type=_choices(tuple(DTYPES)), default=list(DTYPES))
     parser.add_argument("--mask", type=_choices(MASKS), default=list(MASKS))
     parser.add_argument("--impl", type=_choices(IMPLS), default=list(IMPLS))
     parser.add_argument("--pass", dest="passes", type=_choices(PASSES), default=list(PASSES),
                         help="fwd, fwd+bwd or both")
+    parser.add_argument("--window", type=int, default=WINDOW_LEFT, metavar="LEFT",
+                        help="the window mask is (LEFT, 0): query i sees keys i-LEFT .. i")
     parser.add_argument("--repeats", type=int, default=5,
                         help="most timed repeats per config (long configs get fewer, at least 2)")
     parser.add_argument("--max-gib", type=float, default=16.0,
@@ -353,6 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="write the raw records to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config (JSON)
     args = parser.parse_args(argv)
+    if args.window < 0:
+        parser.error(f"--window must be >= 0, got {args.window}")
 
     if args.one:
         cfg = Config(**json.loads(args.one))
@@ -362,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(THREADS)
     command = shlex.join(["python", *sys.argv])
     configs = [
-        Config(impl, dtype, n, mask, pass_)
+        Config(impl, dtype, n, mask, pass_, args.window)
         for n, dtype, mask, pass_, impl in itertools.product(
             args.n, args.dtype, args.mask, args.passes, args.impl)
     ]
@@ -380,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         wall = f" [{record['wall_s']:.0f} s]" if "wall_s" in record else ""
         print(f"[{index}/{len(configs)}] {cfg.dtype} n={cfg.n} {cfg.mask} {cfg.pass_} "
               f"{cfg.impl}: {result}{wall}", file=sys.stderr, flush=True)
-    report = render(records, command, args.repeats, load)
+    report = render(records, command, args.repeats, load, args.window)
     print(report)
     if args.out:
         with open(args.out, "w") as out:
