@@ -93,7 +93,7 @@ def test_bool_attn_mask_means_may_attend_unlike_torch():
     _close(ours(x, attn_mask=allowed), expected)
 
 
-def _float64_formula(module, x, *, causal=False, window=None, alibi=None):
+def _float64_formula(module, x, *, causal=False, window=None, alibi=None, global_tokens=0):
     """Attention written out in float64 with key/value heads repeated for their query groups."""
     batch, seq, _ = x.shape
     heads, kv_heads, d = module.num_heads, module.num_kv_heads, module.head_dim
@@ -110,10 +110,11 @@ def _float64_formula(module, x, *, causal=False, window=None, alibi=None):
     if alibi is not None:
         scores = scores - alibi[:, None, None] * (i - j).abs()
     allowed = torch.ones(seq, seq, dtype=torch.bool)
-    if causal:
-        allowed &= j <= i
     if window is not None:
         allowed &= (j >= i - window[0]) & (j <= i + window[1])
+    allowed |= (i < global_tokens) | (j < global_tokens)
+    if causal:
+        allowed &= j <= i
     weights = scores.masked_fill(~allowed, -math.inf).softmax(dim=-1)
     out = (weights @ v).transpose(1, 2).reshape(batch, seq, heads * d)
     return module.out_proj(out)
@@ -135,6 +136,28 @@ def test_rope_alibi_window_match_float64_formula():
         module, x, window=(2, 1), alibi=torch.tensor([2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8])
     )
     _close(module(x), expected)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_window_with_global_tokens_matches_float64_formula(causal):
+    module = MultiHeadAttention(E, H, num_kv_heads=2, window=(1, 1), global_tokens=2).double()
+    x = torch.randn(2, 9, E, dtype=torch.float64)
+    expected = _float64_formula(module, x, causal=causal, window=(1, 1), global_tokens=2)
+    _close(module(x, is_causal=causal), expected)
+
+
+def test_cached_decoding_with_window_and_global_tokens_equals_full_forward():
+    module = MultiHeadAttention(E, H, window=(2, 0), global_tokens=3).double()
+    x = torch.randn(2, 10, E, dtype=torch.float64)
+    full = module(x, is_causal=True)
+    assert not torch.allclose(full, _without_globals(module)(x, is_causal=True))  # globals matter
+    _close(_decode_in_pieces(module, x, [2, 1, 3, 1, 1, 2], is_causal=True), full)
+
+
+def _without_globals(module):
+    plain = MultiHeadAttention(E, H, window=(2, 0)).double()
+    plain.load_state_dict(module.state_dict())
+    return plain
 
 
 def _decode_in_pieces(module, x, pieces, **kwargs):
@@ -247,6 +270,9 @@ def test_no_bias_projections():
          r"rope.head_dim=8 does not match head_dim=4"),
         ({"embed_dim": 16, "num_heads": 4, "rope": "yes"}, TypeError, "rope must be"),
         ({"embed_dim": 16, "num_heads": 4, "window": (-2, 0)}, ValueError, "window left"),
+        ({"embed_dim": 16, "num_heads": 4, "global_tokens": 2}, ValueError, "pass window="),
+        ({"embed_dim": 16, "num_heads": 4, "window": 2, "global_tokens": -1}, ValueError,
+         "global_tokens must be"),
     ],
 )
 def test_bad_constructor_arguments_are_named(kwargs, error, message):

@@ -37,6 +37,8 @@ class MultiHeadAttention(nn.Module):
             :class:`RotaryEmbedding` to use (may be shared across layers). Self-attention only.
         alibi: add ALiBi biases with :func:`alibi_slopes` for ``num_heads`` heads.
         window: ``(left, right)`` local attention window, see :func:`attention`.
+        global_tokens: with ``window``, the first ``g`` positions see and are seen by every
+            position (Longformer), see :func:`attention`.
         backend: passed to :func:`attention`.
         linear: use :func:`attnlab.attention.linear_attention` (``elu + 1`` feature map, O(seq)
             time and memory; *not* softmax attention) instead of :func:`attention`. It takes
@@ -61,6 +63,7 @@ class MultiHeadAttention(nn.Module):
         window: tuple[int | None, int | None] | int | None = None,
         backend: str = "auto",
         linear: bool = False,
+        global_tokens: int = 0,
     ) -> None:
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -82,7 +85,12 @@ class MultiHeadAttention(nn.Module):
         if linear and (alibi or window is not None or dropout):
             raise ValueError("linear attention takes no window, ALiBi or dropout (it never forms the "
                              "attention weights)")
+        if isinstance(global_tokens, bool) or not isinstance(global_tokens, int) or global_tokens < 0:
+            raise ValueError(f"global_tokens must be a whole number >= 0, got {global_tokens!r}")
+        if global_tokens and window is None:
+            raise ValueError("global_tokens widens a window: pass window=(left, right) with it")
         self.linear = linear
+        self.global_tokens = global_tokens
         self.embed_dim, self.kdim, self.vdim = embed_dim, kdim, vdim
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
@@ -180,6 +188,11 @@ class MultiHeadAttention(nn.Module):
         allowed = None
         if left is not None or right is not None:
             allowed = window_mask(q_len, k_len, (left, right), offset=offset, device=device)
+            if self.global_tokens:  # the first positions see, and are seen by, every position
+                q_pos = torch.arange(offset, offset + q_len, device=device)[:, None]
+                k_pos = torch.arange(k_len, device=device)
+                widened = (k_pos < self.global_tokens) | (q_pos < self.global_tokens)
+                allowed = allowed | (widened & (k_pos <= q_pos) if is_causal else widened)
         bias = None
         if self.alibi_slopes is not None:
             q_pos = torch.arange(offset, offset + q_len, device=device)
@@ -254,6 +267,7 @@ class MultiHeadAttention(nn.Module):
             "enable_gqa": self.num_kv_heads != self.num_heads,
             "window": window,
             "alibi_slopes": slopes,
+            "global_tokens": self.global_tokens if window is not None else 0,
         }
         if return_trace:
             trace = attention_trace(q, k, v, **kwargs)
@@ -268,5 +282,6 @@ class MultiHeadAttention(nn.Module):
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
             f"num_kv_heads={self.num_kv_heads}, dropout={self.dropout}, window={self.window}, "
+            f"global_tokens={self.global_tokens}, "
             f"alibi={self.alibi_slopes is not None}, backend={self.backend!r}, linear={self.linear}"
         )
