@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from attnlab.attention import attention, ring_attention
+from attnlab.attention.ring import CHUNK_SIZE
 from memory_probe import reset_peak_rss, status_kib
 
 B, H, D = 1, 8, 64
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world", default="2", help="ring sizes, e.g. 2,4 (each must divide n)")
     parser.add_argument("--causal", action="store_true", help="causal attention (default: full)")
     parser.add_argument("--forward-only", action="store_true", help="no backward pass")
-    parser.add_argument("--chunk", type=int, default=2048, help="ring_attention chunk_size")
+    parser.add_argument("--chunk", type=int, default=CHUNK_SIZE,
+                        help=f"ring_attention chunk_size (default {CHUNK_SIZE})")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per process")
     parser.add_argument("--json", help="also write the records here")
     parser.add_argument("--one", choices=("tiled", "auto", "ring"), help=argparse.SUPPRESS)
