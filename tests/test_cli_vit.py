@@ -140,3 +140,30 @@ def test_bad_checkpoints_and_options_are_one_line_errors(run_dir, tmp_path, attn
     code, _, err = attnlab_cli("classify", "--checkpoint", str(run_dir[0]), "x.png", "--png",
                            str(tmp_path / "file"))
     assert code == 2 and "is a file, not a folder" in err
+
+
+def test_train_vit_under_torchrun_two_processes(tmp_path):
+    """`torchrun --nproc-per-node 2 attnlab train vit`: both ranks train one model (saved once,
+    world size 2 recorded), only rank 0 reports, and the loss falls."""
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+         "127.0.0.1", "--master-port", str(_free_port()), "-m", "attnlab", "train", "vit",
+         "--preset", "tiny", "--out", str(out), "--max-steps", "60"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "step-00000060" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 60
+    assert sum(line.startswith("step 60/60") for line in done.stderr.splitlines()) == 1
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [loss for loss in losses if loss is not None]
+    assert losses[-1] < losses[0] - 0.3
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
