@@ -1,4 +1,4 @@
-"""ring_attention on 2 and 4 real processes (gloo on loopback) against single-process attention."""
+"""ring_attention on 1, 2 and 4 real processes (gloo on loopback) against single-process attention."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def _unequal_shards_job(rank, world):
     ring_attention(q, q, q)
 
 
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world", [1, 2, 4])
 def test_ring_matches_single_process_attention_outputs_and_gradients(world, tmp_path):
     _launch_expecting_success(world, _parity_job, tmp_path)
 
