@@ -147,9 +147,8 @@ def test_train_vit_under_torchrun_two_processes(tmp_path):
     world size 2 recorded), only rank 0 reports, and the loss falls."""
     out = tmp_path / "ddp"
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-         "127.0.0.1", "--master-port", str(_free_port()), "-m", "attnlab", "train", "vit",
-         "--preset", "tiny", "--out", str(out), "--max-steps", "60"],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "attnlab", "train", "vit", "--preset", "tiny", "--out", str(out), "--max-steps", "60"],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -160,10 +159,3 @@ def test_train_vit_under_torchrun_two_processes(tmp_path):
     losses = [loss for loss in losses if loss is not None]
     assert losses[-1] < losses[0] - 0.3
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

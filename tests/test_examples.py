@@ -10,7 +10,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def test_ring_attention_example_under_torchrun_matches_one_process_attention():
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(EXAMPLES / "ring_attention.py"), "--seq-len", "512", "--causal"],
         capture_output=True, text=True, timeout=300,
     )

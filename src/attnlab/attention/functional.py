@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.attention import tiled
-from attnlab.attention.masks import normalize_window
+from attnlab.attention.masks import global_tokens_mask, normalize_global_tokens, normalize_window
 
 BACKENDS = ("auto", "reference", "tiled", "torch")
 
@@ -129,12 +129,8 @@ def _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window, a
         raise ValueError(f"softcap must be a positive number or None, got {softcap!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if isinstance(global_tokens, bool) or not isinstance(global_tokens, int) or global_tokens < 0:
-        raise ValueError(f"global_tokens must be a whole number >= 0, got {global_tokens!r}")
     normalized_window = normalize_window(window)
-    if global_tokens and normalized_window is None:
-        raise ValueError("global_tokens widens a window: pass window=(left, right) with it "
-                         "(without a window every token is already global)")
+    global_tokens = normalize_global_tokens(global_tokens, normalized_window)
     return _Request(
         batch=tuple(query.shape[:-3]),
         q_heads=q_heads,
@@ -211,10 +207,8 @@ def _reference(query, key, value, attn_mask, is_causal, alibi_slopes, req: _Requ
     if right is not None:
         allowed = allowed & (offset <= right)
     if req.global_tokens:  # the first g positions see, and are seen by, every position
-        positions = torch.arange(req.k_len, device=query.device), torch.arange(
-            req.q_len, device=query.device)
-        widened = (positions[0] < req.global_tokens) | (positions[1] < req.global_tokens)[:, None]
-        allowed = allowed | (widened & (offset <= 0) if is_causal else widened)
+        allowed = allowed | global_tokens_mask(req.q_len, req.k_len, req.global_tokens,
+                                               causal=is_causal, device=query.device)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             allowed = allowed & attn_mask

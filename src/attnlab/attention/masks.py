@@ -83,6 +83,34 @@ def window_mask(
     return allowed
 
 
+def normalize_global_tokens(global_tokens: int, window) -> int:
+    """Check ``global_tokens`` (a whole number >= 0, and only together with a window)."""
+    if isinstance(global_tokens, bool) or not isinstance(global_tokens, int) or global_tokens < 0:
+        raise ValueError(f"global_tokens must be a whole number >= 0, got {global_tokens!r}")
+    if global_tokens and window is None:
+        raise ValueError("global_tokens widens a window: pass window=(left, right) with it "
+                         "(without a window every token is already global)")
+    return global_tokens
+
+
+def global_tokens_mask(
+    q_len: int,
+    k_len: int,
+    global_tokens: int,
+    *,
+    causal: bool,
+    offset: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Boolean ``(q_len, k_len)``: True where query ``i`` or key ``j`` is one of the first
+    ``global_tokens`` positions (Longformer's global attention, which widens a window), and
+    ``j <= i`` when ``causal``. ``offset`` shifts query ``i`` to position ``i + offset``."""
+    i = torch.arange(q_len, device=device).unsqueeze(-1) + offset
+    j = torch.arange(k_len, device=device).unsqueeze(0)
+    widened = (j < global_tokens) | (i < global_tokens)
+    return widened & (j <= i) if causal else widened
+
+
 def padding_mask(key_padding_mask: torch.Tensor) -> torch.Tensor:
     """``(batch, k_len)`` bool, True = padding  ->  ``(batch, 1, 1, k_len)`` bool, True = may attend."""
     if key_padding_mask.dtype != torch.bool or key_padding_mask.dim() != 2:

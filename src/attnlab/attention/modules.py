@@ -8,7 +8,14 @@ from torch import nn
 from attnlab.attention.cache import KVCache
 from attnlab.attention.functional import AttentionTrace, attention, attention_trace
 from attnlab.attention.linear import linear_attention
-from attnlab.attention.masks import combine_masks, normalize_window, padding_mask, window_mask
+from attnlab.attention.masks import (
+    combine_masks,
+    global_tokens_mask,
+    normalize_global_tokens,
+    normalize_window,
+    padding_mask,
+    window_mask,
+)
 from attnlab.attention.positions import RotaryEmbedding, alibi_slopes
 
 
@@ -85,12 +92,8 @@ class MultiHeadAttention(nn.Module):
         if linear and (alibi or window is not None or dropout):
             raise ValueError("linear attention takes no window, ALiBi or dropout (it never forms the "
                              "attention weights)")
-        if isinstance(global_tokens, bool) or not isinstance(global_tokens, int) or global_tokens < 0:
-            raise ValueError(f"global_tokens must be a whole number >= 0, got {global_tokens!r}")
-        if global_tokens and window is None:
-            raise ValueError("global_tokens widens a window: pass window=(left, right) with it")
         self.linear = linear
-        self.global_tokens = global_tokens
+        self.global_tokens = normalize_global_tokens(global_tokens, normalize_window(window))
         self.embed_dim, self.kdim, self.vdim = embed_dim, kdim, vdim
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
@@ -188,11 +191,9 @@ class MultiHeadAttention(nn.Module):
         allowed = None
         if left is not None or right is not None:
             allowed = window_mask(q_len, k_len, (left, right), offset=offset, device=device)
-            if self.global_tokens:  # the first positions see, and are seen by, every position
-                q_pos = torch.arange(offset, offset + q_len, device=device)[:, None]
-                k_pos = torch.arange(k_len, device=device)
-                widened = (k_pos < self.global_tokens) | (q_pos < self.global_tokens)
-                allowed = allowed | (widened & (k_pos <= q_pos) if is_causal else widened)
+            if self.global_tokens:
+                allowed = allowed | global_tokens_mask(q_len, k_len, self.global_tokens,
+                                                       causal=is_causal, offset=offset, device=device)
         bias = None
         if self.alibi_slopes is not None:
             q_pos = torch.arange(offset, offset + q_len, device=device)

@@ -141,9 +141,7 @@ def _forward(q, k, v, is_causal: bool, scale: float, ring: _Ring, chunk_size: in
         for i0 in range(0, q_len, p.block_q):
             i1 = min(i0 + p.block_q, q_len)
             rows = tiled._query_rows(q4, i0, i1, scale)
-            lo, hi = tiled._key_range(i0, i1, c1 - c0, p)
-            for j0 in range(lo, hi, p.block_k):
-                j1 = min(j0 + p.block_k, hi)
+            for j0, j1 in tiled._key_blocks(i0, i1, c1 - c0, p):
                 s_tile, _ = scores(rows, i0, i1, j0, j1)
                 tiled.online_softmax_step(m[:, i0:i1], l[:, i0:i1], acc[:, i0:i1], s_tile,
                                           v_chunk[:, j0:j1])
@@ -212,7 +210,7 @@ def _backward(grad_out, q, k, v, out, lse, is_causal, scale, ring: _Ring, chunk_
     held: dict = {}  # (round, chunk) -> [k | v | dk | dv] chunk computed that round, to send on
 
     def payload(round_, i):
-        if round_ == 1 and ring.size > 1:
+        if round_ == 1:
             c0, c1 = spans[i]
             packed = torch.cat([k[:, c0:c1], v[:, c0:c1], dk[:, c0:c1], dv_[:, c0:c1]], dim=-1)
         else:
