@@ -20,11 +20,15 @@ def _reference_forward(model: ViT, images: torch.Tensor) -> tuple[torch.Tensor, 
     w["pos_embed"] = model.position_table().detach().double()
     x = images.double()
     batch = x.shape[0]
-    # Patch p (row r, col s) holds pixels [r*P:(r+1)*P, s*P:(s+1)*P], channel by channel.
+    # Patch p (row r, col s) holds pixels [r*P-o : (r+1)*P+o, s*P-o : (s+1)*P+o] (zero outside the
+    # picture), channel by channel, with o = patch_overlap (0: the plain P x P square).
+    o, size = c.patch_overlap, c.patch_size + 2 * c.patch_overlap
+    x_padded = F.pad(x, (o, o, o, o))
     patches = []
     for r in range(c.grid_size):
         for s in range(c.grid_size):
-            square = x[:, :, r * c.patch_size:(r + 1) * c.patch_size, s * c.patch_size:(s + 1) * c.patch_size]
+            square = x_padded[:, :, r * c.patch_size:r * c.patch_size + size,
+                              s * c.patch_size:s * c.patch_size + size]
             patches.append(square.reshape(batch, -1))
     h = torch.stack(patches, dim=1) @ w["patch_embed.weight"].T + w["patch_embed.bias"]
     h = torch.cat([w["cls_token"].expand(batch, 1, -1), h], dim=1) + w["pos_embed"]
@@ -64,10 +68,24 @@ def test_patchify_matches_a_strided_convolution():
     torch.testing.assert_close(patchify(images, 4), conv)
 
 
-@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
-def test_forward_matches_float64_reference(positions):
+def test_overlapping_patches_match_a_padded_strided_convolution():
+    images = torch.randn(2, 3, 8, 8)
+    window = 4 + 2 * 1
+    kernel = torch.eye(3 * window ** 2).reshape(-1, 3, window, window)
+    conv = F.conv2d(images, kernel, stride=4, padding=1).flatten(2).transpose(1, 2)  # (batch, 4, 108)
+    patches = patchify(images, 4, overlap=1)
+    torch.testing.assert_close(patches, conv)
+    # the first token's window: one zero row/column of padding, then the top-left 5 x 5 pixels
+    first = patches[:, 0].reshape(2, 3, window, window)
+    torch.testing.assert_close(first[:, :, 1:, 1:], images[:, :, :5, :5])
+    assert first[:, :, 0].abs().sum() == 0 and first[:, :, :, 0].abs().sum() == 0
+
+
+@pytest.mark.parametrize(("positions", "overlap"), [("learned", 0), ("sinusoidal", 0), ("learned", 2)])
+def test_forward_matches_float64_reference(positions, overlap):
     model = _randomised(ViTConfig(image_size=12, patch_size=4, in_channels=2, num_classes=5, embed_dim=16,
-                                  num_layers=2, num_heads=4, ffn_dim=24, positions=positions))
+                                  num_layers=2, num_heads=4, ffn_dim=24, positions=positions,
+                                  patch_overlap=overlap))
     images = torch.randn(3, 2, 12, 12)
     logits, traces = model(images, return_traces=True)
     expected, expected_weights = _reference_forward(model, images)
@@ -128,6 +146,7 @@ def test_initial_predictions_are_uniform():
     ({"positions": "rotary"}, "positions must be"),
     ({"num_layers": 0}, "num_layers"),
     ({"dropout": 1.0}, "dropout"),
+    ({"patch_overlap": -1}, "patch_overlap"),
 ])
 def test_bad_configs_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):

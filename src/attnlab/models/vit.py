@@ -9,6 +9,10 @@ Plainly, for ``images`` shaped ``(batch, channels, H, W)`` and patches of ``P x 
         x = x + Attention(LN(x)); x = x + FFN(LN(x))           every token sees every token
     logits = head(LN(x[:, 0]))                                 (batch, classes)  from the class token
 
+With ``patch_overlap = o``, token (r, c) reads the ``(P + 2o) x (P + 2o)`` window around its
+square (zeros past the border) instead of the square alone, so it also sees the edges of its
+neighbours: a cheap dose of locality, which a ViT otherwise has to learn from data.
+
 The class token starts as one learned vector and gathers, layer by layer, what the patches say;
 its attention over the patches is what :mod:`attnlab.explain.vision` draws. Positions are learned
 vectors or the fixed 2-D sinusoidal table (:func:`attnlab.attention.sinusoidal_positions_2d`; the
@@ -42,7 +46,9 @@ VIT_PRESETS: dict[str, dict] = {
 @dataclass
 class ViTConfig:
     """Sizes of a :class:`ViT`. ``image_size`` must be a multiple of ``patch_size`` and
-    ``embed_dim`` of ``num_heads``; ``positions`` is ``"learned"`` or ``"sinusoidal"``."""
+    ``embed_dim`` of ``num_heads``; ``positions`` is ``"learned"`` or ``"sinusoidal"``;
+    ``patch_overlap`` widens each token's window by that many pixels on every side (see
+    :func:`patchify`; the grid of tokens, and so the attention maps, stay the same)."""
 
     image_size: int = 28
     patch_size: int = 4
@@ -54,6 +60,7 @@ class ViTConfig:
     ffn_dim: int = 192
     dropout: float = 0.0
     positions: str = "learned"
+    patch_overlap: int = 0
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "embed_dim",
@@ -72,6 +79,9 @@ class ViTConfig:
             raise ValueError(f"sinusoidal positions need an even embed_dim, got {self.embed_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        overlap = self.patch_overlap
+        if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+            raise ValueError(f"ViTConfig.patch_overlap must be a whole number >= 0, got {overlap!r}")
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> ViTConfig:
@@ -90,11 +100,20 @@ class ViTConfig:
         return self.grid_size ** 2
 
 
-def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """``(batch, C, H, W)`` -> ``(batch, (H/P) * (W/P), C * P * P)``: non-overlapping ``P x P``
-    squares in row-major order, each flattened channel by channel (as a ``P``-strided conv reads)."""
+def patchify(images: torch.Tensor, patch_size: int, overlap: int = 0) -> torch.Tensor:
+    """``(batch, C, H, W)`` -> ``(batch, (H/P) * (W/P), C * K * K)`` with ``K = P + 2 * overlap``:
+    one window per ``P x P`` square of the picture, in row-major order, each flattened channel by
+    channel (as a ``P``-strided ``K x K`` convolution with ``overlap`` zero padding reads).
+
+    ``overlap=0`` cuts the picture into non-overlapping squares (the original ViT); ``overlap=o``
+    widens each token's window by ``o`` pixels on every side, so neighbouring tokens share pixels
+    while the token grid stays ``(H/P) x (W/P)``."""
     batch, channels, height, width = images.shape
     p = patch_size
+    if overlap:
+        window = p + 2 * overlap
+        padded = F.pad(images, (overlap, overlap, overlap, overlap))
+        return F.unfold(padded, kernel_size=window, stride=p).transpose(1, 2)  # (batch, N, C*K*K)
     grid = images.reshape(batch, channels, height // p, p, width // p, p)
     # (batch, rows, cols, C, p, p): one patch per (row, col), then flatten each patch
     return grid.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // p) * (width // p), channels * p * p)
@@ -112,7 +131,8 @@ class ViT(SafetensorsModel, nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.patch_embed = nn.Linear(c.in_channels * c.patch_size ** 2, c.embed_dim)
+        window = c.patch_size + 2 * c.patch_overlap
+        self.patch_embed = nn.Linear(c.in_channels * window ** 2, c.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
         # Learned: one trained vector per token. Sinusoidal: a fixed table, computed when used
         # (it is tiny, and so it never needs saving or moving between devices).
@@ -156,7 +176,8 @@ class ViT(SafetensorsModel, nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(batch, C, H, W)`` -> the first block's input ``(batch, 1 + N, D)``: class token first."""
         self._check_images(images)
-        x = self.patch_embed(patchify(images, self.config.patch_size))  # (batch, N, D)
+        c = self.config
+        x = self.patch_embed(patchify(images, c.patch_size, c.patch_overlap))  # (batch, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         positions = self.position_table(device=x.device, dtype=x.dtype)
         return self.dropout(torch.cat([cls, x], dim=1) + positions)
