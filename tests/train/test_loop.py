@@ -209,12 +209,14 @@ def test_resume_in_process_continues_the_same_losses(tmp_path, capsys):
 
 @pytest.mark.cuda
 def test_a_cuda_run_in_bf16_learns_and_resumes_on_the_cpu(tmp_path):
-    config = toy_config(max_steps=20, bf16=True)
+    # 40 steps, as in the CPU run above: after 20 the toy model is still near guessing (2.21 in
+    # fp32 and bf16 alike), so a 20-step run could not show that bf16 on CUDA learns.
+    config = toy_config(max_steps=40, bf16=True)
     result = train(toy_model(), ToyTask(), config, tmp_path, device="cuda")
-    assert result.val_loss < math.log(12) - 0.5
-    shutil.rmtree(checkpoint_folder(tmp_path, 20))
+    assert result.val_loss < math.log(12) - 0.8
+    shutil.rmtree(checkpoint_folder(tmp_path, 40))
     resumed = train(toy_model(), ToyTask(), config, tmp_path, resume=True, device="cpu")
-    assert resumed.final_step == 20
+    assert resumed.final_step == 40
     assert resumed.val_loss == pytest.approx(result.val_loss, abs=0.05)  # bf16 on two devices
 
 
