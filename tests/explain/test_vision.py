@@ -70,7 +70,7 @@ def test_vision_data_holds_the_models_numbers(model, picture, data):
     inputs = Normalization((0.2,), (0.3,))(picture[None])
     weights = model.attention_weights(inputs)[:, 0].double()  # (layers, heads, T, T)
     probabilities = torch.softmax(model(inputs)[0].double(), -1)
-    assert data["grid"] == 4 and data["patch_size"] == 7
+    assert data["grid"] == 4 and data["patch_size"] == 7 and data["patch_overlap"] == 0
     def numbers(key: str) -> torch.Tensor:
         return torch.tensor(data[key], dtype=torch.float64)
 
@@ -131,3 +131,19 @@ def test_page_in_chromium_shows_prediction_selector_and_weights(tmp_path, data, 
     page.screenshot(path=str(tmp_path / "vision.png"), full_page=True)
     page.close()
     assert not errors
+
+
+@pytest.mark.parametrize("overlap, expected", [
+    (0, None), (1, "made from the 9 × 9 pixels around it: the square and a border of 1 pixel taken from"),
+    (2, "made from the 11 × 11 pixels around it: the square and a border of 2 pixels taken from")])
+def test_page_explains_overlapping_patches(tmp_path, data, browser, overlap, expected):
+    page_path = write_vision_page({**data, "patch_overlap": overlap}, tmp_path / "vision.html")
+    page = browser.new_page()
+    page.goto(page_path.as_uri())
+    how = page.inner_text("#how")
+    page.close()
+    assert "a 4 × 4 grid of 16 squares" in how and "It has" in how
+    if expected is None:
+        assert "pixels around it" not in how
+    else:
+        assert expected in how

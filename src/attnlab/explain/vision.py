@@ -66,7 +66,8 @@ def vision_data(model: torch.nn.Module, pixels: torch.Tensor, normalization, cla
     ``pixels`` ``(C, H, W)`` uint8 is the model's input before ``normalization``; ``original``
     ``(C, S, S)`` uint8 a larger view of the same square picture to draw on (default ``pixels``).
     Returns ``source``, ``classes``, ``predictions`` (the ``top`` classes with probabilities),
-    ``probabilities`` (all classes), ``grid`` (patches a side), ``patch_size``, ``image`` and
+    ``probabilities`` (all classes), ``grid`` (patches a side), ``patch_size``, ``patch_overlap``
+    (extra pixels each patch's token reads on every side), ``image`` and
     ``input_image`` (PNG data URLs), ``rollout`` ``(N,)``, ``cls_attention``
     ``(layers, heads, N)`` (row 0 of each head over the patches) and ``cls_self``
     ``(layers, heads)`` (the class token's weight on itself).
@@ -85,6 +86,7 @@ def vision_data(model: torch.nn.Module, pixels: torch.Tensor, normalization, cla
         "probabilities": probabilities.tolist(),
         "grid": config.grid_size,
         "patch_size": config.patch_size,
+        "patch_overlap": config.patch_overlap,
         "image": _png_data_url(pixels if original is None else original),
         "input_image": _png_data_url(pixels),
         "rollout": rollout.tolist(),

@@ -39,7 +39,7 @@ VIT_PRESETS: dict[str, dict] = {
     "tiny": {"image_size": 28, "patch_size": 7, "embed_dim": 64, "num_layers": 2, "num_heads": 4,
              "ffn_dim": 128},
     "fashion-mnist": {"image_size": 28, "patch_size": 4, "embed_dim": 96, "num_layers": 4,
-                      "num_heads": 4, "ffn_dim": 192},
+                      "num_heads": 4, "ffn_dim": 192, "patch_overlap": 1},
 }
 
 
