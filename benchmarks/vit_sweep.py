@@ -8,9 +8,9 @@ per run, one GPU with 16 CPU cores ran 15 runs at once in about 4 minutes.
 Configs are a JSON object ``{"name": [overrides, steps]}``. ``overrides`` may hold ``"train"``
 (:class:`attnlab.train.TrainConfig` fields), ``"model_overrides"`` (:class:`ViTConfig` fields)
 and :class:`ViTPreset` fields such as ``"crop_padding"`` or ``"label_smoothing"``, applied to
-``--preset`` (default ``fashion-mnist``). To compare
-variants at equal cost *on the 2-core machine*, give each the steps that fit the same CPU time
-there (see ``docs/benchmarks.md`` for the measured cost per step of each shape).
+``--preset`` (default ``fashion-mnist``). To compare variants at equal cost *on the 2-core
+machine*, give each the steps that fit the same CPU time there (see ``docs/benchmarks.md`` for
+the measured cost per step of each shape).
 
     python benchmarks/vit_sweep.py benchmarks/vit_sweep/round3.json --out /tmp/sweep --deadline 245
 
