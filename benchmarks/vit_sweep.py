@@ -134,12 +134,12 @@ def cpu_cost(configs: dict, preset_name: str = "fashion-mnist", repeats: int = 5
     cpu, setups = torch.device("cpu"), {}
     for name, (overrides, _) in configs.items():
         torch.manual_seed(0)
-        model_config = preset.model_config(10)
-        model = ViT(type(model_config)(**{**vars(model_config), **overrides.get("model_overrides", {})}))
+        c = dataclasses.replace(preset.model_config(10), **overrides.get("model_overrides", {}))
+        model = ViT(c)
         batch = overrides.get("train", {}).get("batch_size", preset.train["batch_size"])
         optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95), device=cpu)
-        size = model_config.image_size
-        setups[name] = (model, optimizer, torch.randn(batch, 1, size, size), torch.randint(0, 10, (batch,)))
+        images = torch.randn(batch, c.in_channels, c.image_size, c.image_size)
+        setups[name] = (model, optimizer, images, torch.randint(0, c.num_classes, (batch,)))
     times: dict[str, list[float]] = {name: [] for name in setups}
     for repeat in range(repeats + 1):  # the first round warms up and is not counted
         for name, (model, optimizer, images, labels) in setups.items():
