@@ -51,8 +51,9 @@ def run_one(preset_name: str, name: str, overrides: dict, steps: int, minutes: f
     preset = vit_task.VIT_TRAIN_PRESETS[preset_name]
     overrides = dict(overrides)
     every = max(steps // 10, 1)
-    train = dict(preset.train, max_steps=steps, max_minutes=minutes, eval_every=every,
-                 checkpoint_every=steps)
+    # Steps, not a time budget, set each variant's schedule: the runs share one machine.
+    train = dict(preset.train, max_steps=steps, max_minutes=minutes, budget_minutes=None,
+                 eval_every=every, checkpoint_every=steps)
     train.update(overrides.pop("train", {}))
     model = dict(preset.model_overrides, **overrides.pop("model_overrides", {}))
     vit_task.VIT_TRAIN_PRESETS[preset_name] = dataclasses.replace(

@@ -28,6 +28,11 @@ from attnlab.attention import tiled
 from attnlab.attention.masks import global_tokens_mask, normalize_global_tokens, normalize_window
 
 BACKENDS = ("auto", "reference", "tiled", "torch")
+#: ``auto`` runs the plain formula on the CPU for unmasked, non-causal inputs with at most this
+#: many scores per head (64 x 64): there it beats PyTorch's fused CPU kernel, 1.3-1.6x in forward
+#: and backward at head_dim 24-64 (benchmarks/short_attention.py); masks and causality add passes
+#: over the scores that the fused kernel avoids, so those keep the kernel.
+SHORT_CPU_SCORES = 64 * 64
 
 
 @dataclass(frozen=True)
@@ -181,8 +186,32 @@ class AttentionTrace:
     global_tokens: int = 0
 
 
+def _offsets(req: _Request, device) -> torch.Tensor:
+    """``(Lq, Lk)`` of ``j - i``: how far key ``j`` lies after query ``i``."""
+    return torch.arange(req.k_len, device=device) - torch.arange(req.q_len, device=device)[:, None]
+
+
+def _allowed(req: _Request, is_causal: bool, device) -> torch.Tensor | None:
+    """``(Lq, Lk)`` bool of the keys causality and the window let each query see (global tokens
+    widen the window), or None when they constrain nothing."""
+    left, right = _effective_window(req, is_causal)
+    if left is None and right is None:
+        return None
+    offset = _offsets(req, device)
+    allowed = torch.ones(req.q_len, req.k_len, dtype=torch.bool, device=device)
+    if left is not None:
+        allowed = allowed & (offset >= -left)
+    if right is not None:
+        allowed = allowed & (offset <= right)
+    if req.global_tokens:  # the first g positions see, and are seen by, every position
+        allowed = allowed | global_tokens_mask(req.q_len, req.k_len, req.global_tokens,
+                                               causal=is_causal, device=device)
+    return allowed
+
+
 def _reference(query, key, value, attn_mask, is_causal, alibi_slopes, req: _Request):
-    """The formula in the module docstring, spelled out; returns every intermediate."""
+    """The formula in the module docstring, spelled out; returns every intermediate:
+    ``(scores, scaled, masked, weights, output)``."""
     in_dtype = query.dtype
     if in_dtype in (torch.bfloat16, torch.float16):  # softmax in half precision is too coarse
         query, key, value = query.float(), key.float(), value.float()
@@ -194,29 +223,28 @@ def _reference(query, key, value, attn_mask, is_causal, alibi_slopes, req: _Requ
     if req.softcap is not None:
         scaled = req.softcap * torch.tanh(scaled / req.softcap)
     masked = scaled
-    offset = torch.arange(req.k_len, device=query.device) - torch.arange(
-        req.q_len, device=query.device
-    ).unsqueeze(-1)  # (Lq, Lk): j - i
     if alibi_slopes is not None:
         slopes = alibi_slopes.to(scaled.dtype)[:, None, None]
-        masked = masked - slopes * offset.abs().to(scaled.dtype)
-    allowed = torch.ones(req.q_len, req.k_len, dtype=torch.bool, device=query.device)
-    left, right = _effective_window(req, is_causal)
-    if left is not None:
-        allowed = allowed & (offset >= -left)
-    if right is not None:
-        allowed = allowed & (offset <= right)
-    if req.global_tokens:  # the first g positions see, and are seen by, every position
-        allowed = allowed | global_tokens_mask(req.q_len, req.k_len, req.global_tokens,
-                                               causal=is_causal, device=query.device)
+        masked = masked - slopes * _offsets(req, query.device).abs().to(scaled.dtype)
+    allowed = _allowed(req, is_causal, query.device)  # None: every key allowed
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
-            allowed = allowed & attn_mask
+            allowed = attn_mask if allowed is None else allowed & attn_mask
         else:
             masked = masked + attn_mask.to(scaled.dtype)
-    masked = masked.masked_fill(~allowed, -math.inf)
-    empty_row = torch.isneginf(masked).all(dim=-1, keepdim=True)
-    weights = torch.softmax(masked.masked_fill(empty_row, 0.0), dim=-1).masked_fill(empty_row, 0.0)
+    empty_row = None
+    if allowed is not None or (attn_mask is not None and attn_mask.dtype != torch.bool):
+        # Only a mask can leave a row without keys; unmasked calls (the auto backend's short
+        # CPU inputs) skip these passes over the scores.
+        if allowed is not None:
+            masked = masked.masked_fill(~allowed, -math.inf)
+        empty_row = torch.isneginf(masked).all(dim=-1, keepdim=True)
+        if not empty_row.any():
+            empty_row = None
+    if empty_row is None:
+        weights = torch.softmax(masked, dim=-1)
+    else:
+        weights = torch.softmax(masked.masked_fill(empty_row, 0.0), dim=-1).masked_fill(empty_row, 0.0)
     dropped = F.dropout(weights, req.dropout_p) if req.dropout_p > 0 else weights
     output = (dropped @ value).to(in_dtype)
     return scores, scaled, masked, weights, output
@@ -329,6 +357,9 @@ def choose_backend(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=F
 def _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, req) -> str:
     if req.has_extras or alibi_slopes is not None or (attn_mask is not None and is_causal):
         return "tiled"
+    if (query.device.type == "cpu" and attn_mask is None and not is_causal
+            and req.q_len * req.k_len <= SHORT_CPU_SCORES):
+        return "reference"
     mask = _flatten_batch(attn_mask, req.batch)
     if _pytorch_has_fused_kernel(query, key, value, mask, req.dropout_p, is_causal, req.scale,
                                  enable_gqa):

@@ -26,6 +26,15 @@ def positive_minutes(text: str) -> float:
     return value
 
 
+#: ``--budget-minutes none``: schedule by steps even when the preset has a time budget.
+NO_BUDGET = "none"
+
+
+def budget_minutes(text: str) -> float | str:
+    """argparse type: minutes > 0, or ``none``."""
+    return NO_BUDGET if text.strip().lower() == NO_BUDGET else positive_minutes(text)
+
+
 def gpt_preset(name: str):
     """The :class:`attnlab.models.gpt.GPTPreset` called ``name``; UsageError listing the valid ones."""
     from attnlab.models.gpt import GPT_PRESETS
@@ -47,6 +56,8 @@ def _train_config(fields: dict, args: argparse.Namespace):
         fields["warmup_steps"] = min(fields.get("warmup_steps", 0), args.max_steps)
     if args.max_minutes is not None:
         fields["max_minutes"] = args.max_minutes
+    if args.budget_minutes is not None:
+        fields["budget_minutes"] = None if args.budget_minutes == NO_BUDGET else args.budget_minutes
     if args.seed is not None:
         fields["seed"] = args.seed
     return TrainConfig(**fields)
@@ -285,6 +296,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=positive_int, metavar="N", default=None,
                         help="stop after N optimizer steps (default: the preset's; warmup is cut to N "
                         "when longer)")
+    parser.add_argument("--budget-minutes", type=budget_minutes, metavar="M", default=None,
+                        help="a time budget for the whole run: the learning rate decays over M "
+                        "minutes of training (resumed runs included) and training stops when they "
+                        "are spent, however fast the machine; 'none' decays over --max-steps "
+                        "instead (default: the preset's)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest complete checkpoint in --out")
     parser.add_argument("--seed", type=non_negative_int, default=None,

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, fields
 # Fields a resumed run may change without breaking "continue exactly": they decide how long to
 # run and how often to look, not what each optimizer step computes.
 RESUMABLE_CHANGES = frozenset(
-    {"max_steps", "max_minutes", "eval_every", "eval_batches", "checkpoint_every", "keep_last",
-     "log_every"}
+    {"max_steps", "max_minutes", "budget_minutes", "eval_every", "eval_batches", "checkpoint_every",
+     "keep_last", "log_every"}
 )
 
 
@@ -29,6 +29,12 @@ class TrainConfig:
         grad_accum: micro-batches per optimizer step; must divide ``batch_size``.
         max_steps: optimizer steps to reach; the run also stops after ``max_minutes`` of wall
             time (this call's, not counting earlier runs it resumed), whichever comes first.
+        budget_minutes: a time budget for the whole run (counting the runs a resumed one
+            continues, evaluations and checkpoints included). When set, the cosine decay follows
+            the fraction of the budget spent instead of the step (:func:`~.schedule.lr_at_time`)
+            and the run stops when the budget is spent (``max_steps`` still caps it), so a
+            machine's whole budget is used whatever its speed. The price is exact
+            reproducibility: which learning rate a step gets depends on how fast the steps ran.
 
     Optimizer (AdamW, see :mod:`attnlab.train.optim`) and schedule (:mod:`~.schedule`):
         lr: peak learning rate, reached after ``warmup_steps`` linear warmup steps (a warmup
@@ -60,6 +66,7 @@ class TrainConfig:
     warmup_steps: int = 100
     max_steps: int = 1000
     max_minutes: float | None = None
+    budget_minutes: float | None = None
     grad_clip: float | None = 1.0
     eval_every: int = 200
     eval_batches: int = 20
@@ -98,6 +105,12 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.max_minutes must be > 0 or None (no time limit), "
                 f"got max_minutes={self.max_minutes!r}"
+            )
+        if self.budget_minutes is not None and not (
+                math.isfinite(self.budget_minutes) and self.budget_minutes > 0):
+            raise ValueError(
+                f"TrainConfig.budget_minutes must be > 0 or None (schedule by steps), "
+                f"got budget_minutes={self.budget_minutes!r}"
             )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(

@@ -3,6 +3,7 @@
 Each optimizer step, plainly::
 
     lr = lr_at(step)                                       warmup + cosine, from the step alone
+                                                           (or lr_at_time with a time budget)
     batch = task.train_batch(step, rank, world_size)       the same data for the same step
     for micro in split(batch, grad_accum):                 equal slices along dim 0
         (task.loss(model, micro) * count(micro) / count(batch)).backward()
@@ -49,7 +50,7 @@ from attnlab.train.config import TrainConfig
 from attnlab.train.distributed import DistributedContext, setup_distributed
 from attnlab.train.metrics import MetricsLog, ProgressDisplay, plot_loss_curve, read_metrics
 from attnlab.train.optim import build_optimizer
-from attnlab.train.schedule import lr_at
+from attnlab.train.schedule import lr_at, lr_at_time
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "loss.png"
@@ -241,6 +242,15 @@ def train(model: nn.Module, task: Task, config: TrainConfig, out_dir: str | os.P
         ctx.close()
 
 
+def _expected_steps(step: int, steps_run: int, seconds_run: float, seconds_left: float,
+                    max_steps: int) -> int:
+    """Where a time-budgeted run will stop: ``step`` plus what the speed so far fits into the
+    ``seconds_left`` (never past ``max_steps``)."""
+    if steps_run <= 0 or seconds_run <= 0:
+        return max_steps
+    return min(max_steps, step + max(0, round(seconds_left * steps_run / seconds_run)))
+
+
 class _Run:
     """The state of one :func:`train` call; ``run`` is the loop."""
 
@@ -268,6 +278,11 @@ class _Run:
 
     def _elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
+
+    def _spent(self) -> float:
+        """Training seconds of the whole run so far, the same on every rank (their mean), so
+        that a time-budgeted schedule gives every rank the same learning rate."""
+        return self.ctx.sum([self._elapsed()])[0] / self.ctx.world_size
 
     def _start(self, resume: bool, display: ProgressDisplay) -> None:
         """Restore the latest checkpoint (``resume``) or check that ``out_dir`` is free, and seed."""
@@ -319,16 +334,29 @@ class _Run:
                 train_model = nn.parallel.DistributedDataParallel(
                     self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
             display.advance(self.step)
-            while self.step < config.max_steps:
+            budget_s = None if config.budget_minutes is None else 60 * config.budget_minutes
+            self.spent = self.elapsed_before
+            first_step, first_spent = self.step, self.spent
+            while self.step < config.max_steps and (budget_s is None or self.spent < budget_s):
                 self._train_step(train_model)
+                out_of_budget = False
+                if budget_s is not None:
+                    self.spent = self._spent()
+                    out_of_budget = self.spent >= budget_s
+                    display.set_total(_expected_steps(self.step, self.step - first_step,
+                                                      self.spent - first_spent, budget_s - self.spent,
+                                                      config.max_steps))
                 display.advance(self.step)
                 out_of_time = config.max_minutes is not None and ctx.any(
                     time.perf_counter() - self.started >= 60 * config.max_minutes)
-                final = out_of_time or self.step >= config.max_steps
+                final = out_of_time or out_of_budget or self.step >= config.max_steps
                 self._after_step(display, final)
                 if out_of_time:
                     display.message(f"stopping at step {self.step}: max_minutes={config.max_minutes} reached")
                     break
+                if out_of_budget:
+                    display.message(f"stopping at step {self.step}: the budget of "
+                                    f"{config.budget_minutes:g} minutes is spent")
         curve_path = self.out_dir / CURVE_FILE
         if ctx.is_main:
             title = f"{type(self.model).__name__} training"
@@ -344,8 +372,12 @@ class _Run:
     def _train_step(self, train_model: nn.Module) -> None:
         config = self.config
         began = time.perf_counter()
-        lr = lr_at(self.step, lr=config.lr, min_lr=config.min_lr, warmup_steps=config.warmup_steps,
-                   max_steps=config.max_steps)
+        if config.budget_minutes is None:
+            lr = lr_at(self.step, lr=config.lr, min_lr=config.min_lr,
+                       warmup_steps=config.warmup_steps, max_steps=config.max_steps)
+        else:
+            lr = lr_at_time(self.step, self.spent, lr=config.lr, min_lr=config.min_lr,
+                            warmup_steps=config.warmup_steps, budget_s=60 * config.budget_minutes)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = _tree_map(lambda t: t.to(self.ctx.device),

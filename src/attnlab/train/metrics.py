@@ -123,6 +123,13 @@ class ProgressDisplay:
         if self._progress is not None:
             self._progress.stop()
 
+    def set_total(self, max_steps: int) -> None:
+        """Change the step the bar (and the plain lines) count towards, e.g. the estimate of a
+        run that stops when its time budget is spent."""
+        self.max_steps = max_steps
+        if self._progress is not None:
+            self._progress.update(self._task, total=max_steps)
+
     def advance(self, step: int) -> None:
         """Optimizer step ``step`` is done (moves the bar; plain mode waits for records)."""
         if self._progress is not None:

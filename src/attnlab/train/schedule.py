@@ -1,7 +1,8 @@
 """The learning-rate schedule: linear warmup, then cosine decay to a floor.
 
-A pure function of the step, so a resumed run needs no scheduler state: the step alone decides
-the learning rate.
+A pure function of the step (:func:`lr_at`), so a resumed run needs no scheduler state: the step
+alone decides the learning rate. Runs with a time budget (``TrainConfig.budget_minutes``) decay
+over the training time spent instead (:func:`lr_at_time`), which the checkpoints record.
 """
 
 from __future__ import annotations
@@ -27,5 +28,29 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: 
     decay_steps = max_steps - 1 - warmup_steps
     if decay_steps <= 0:
         return lr
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return _cosine(min(1.0, (step - warmup_steps) / decay_steps), lr=lr, min_lr=min_lr)
+
+
+def lr_at_time(step: int, elapsed_s: float, *, lr: float, min_lr: float, warmup_steps: int,
+               budget_s: float) -> float:
+    """Learning rate for update ``step`` of a run with a time budget, after ``elapsed_s`` of its
+    ``budget_s`` seconds of training. Warmup is as in :func:`lr_at`; after it the cosine follows
+    the time spent instead of the step::
+
+        progress = min(1, elapsed_s / budget_s)
+        min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2
+
+    so the learning rate reaches ``min_lr`` as the budget runs out, however fast the machine.
+    (Warmup takes a few percent of a budget, so the first update after it starts just below
+    ``lr``: no extra state is needed to resume.)
+    """
+    if budget_s <= 0:
+        raise ValueError(f"budget_s must be > 0, got {budget_s!r}")
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    return _cosine(min(1.0, max(0.0, elapsed_s / budget_s)), lr=lr, min_lr=min_lr)
+
+
+def _cosine(progress: float, *, lr: float, min_lr: float) -> float:
+    """From ``lr`` at progress 0 down to ``min_lr`` at progress 1, along half a cosine."""
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
