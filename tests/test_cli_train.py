@@ -137,9 +137,29 @@ def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> Non
     (["train", "gpt", "--preset", PRESET, "--max-minutes", "-2"],
      ["--max-minutes: must be > 0 minutes, got -2"]),
     (["train", "gpt", "--preset", PRESET, "--max-steps", "0"], ["--max-steps: must be > 0, got 0"]),
+    (["train", "vit", "--preset", "tiny", "--budget-minutes", "0"],
+     ["--budget-minutes: must be > 0 minutes, got 0"]),
+    (["train", "vit", "--preset", "tiny", "--budget-minutes", "soon"],
+     ["--budget-minutes: expected a number of minutes, got 'soon'"]),
 ])
 def test_bad_training_arguments_are_one_line(attnlab_cli, argv, fragments):
     assert_one_line_error(*attnlab_cli(*argv), *fragments)
+
+
+@pytest.mark.parametrize(("option", "expected"), [
+    (None, 20.0), ("7.5", 7.5), ("none", None), ("None", None),
+])
+def test_budget_minutes_option_sets_or_clears_the_presets_time_budget(option, expected):
+    import argparse
+
+    from attnlab.commands.train import _train_config, budget_minutes
+    from attnlab.train.vit_task import VIT_TRAIN_PRESETS
+
+    args = argparse.Namespace(max_steps=None, max_minutes=None, seed=None,
+                              budget_minutes=None if option is None else budget_minutes(option))
+    config = _train_config(VIT_TRAIN_PRESETS["fashion-mnist"].train, args)
+    assert config.budget_minutes == expected
+    assert config.max_steps == VIT_TRAIN_PRESETS["fashion-mnist"].train["max_steps"]
 
 
 def test_resume_with_another_preset_is_refused(attnlab_cli, run_dir):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from attnlab.attention import attention, choose_backend
+from attnlab.attention.functional import SHORT_CPU_LENGTH
 
 BACKENDS = ("reference", "tiled", "torch", "auto")
 
@@ -202,9 +203,10 @@ def test_auto_output_equals_the_chosen_backends_output(case, small_blocks):
                        attention(query, key, value, backend=chosen, **kwargs))
 
 
-def _plain_inputs(dtype=torch.float32, dv=8):
-    return torch.randn(2, 4, 16, 8, dtype=dtype), torch.randn(2, 4, 16, 8, dtype=dtype), \
-        torch.randn(2, 4, 16, dv, dtype=dtype)
+def _plain_inputs(dtype=torch.float32, dv=8, seq=80):
+    """Inputs longer than SHORT_CPU_LENGTH unless ``seq`` is small."""
+    return torch.randn(2, 4, seq, 8, dtype=dtype), torch.randn(2, 4, seq, 8, dtype=dtype), \
+        torch.randn(2, 4, seq, dv, dtype=dtype)
 
 
 def test_choose_backend_picks_torch_for_a_plain_float32_request():
@@ -212,9 +214,37 @@ def test_choose_backend_picks_torch_for_a_plain_float32_request():
 
 
 def test_choose_backend_picks_torch_for_causal_and_masked_requests_pytorch_fuses():
-    q, k, v = _plain_inputs()
-    assert choose_backend(q, k, v, is_causal=True) == "torch"
-    assert choose_backend(q, k, v, attn_mask=torch.ones(16, 16, dtype=torch.bool)) == "torch"
+    for seq in (16, 80):  # short or not: masks and causality keep the fused kernel
+        q, k, v = _plain_inputs(seq=seq)
+        assert choose_backend(q, k, v, is_causal=True) == "torch"
+        assert choose_backend(q, k, v, attn_mask=torch.ones(seq, seq, dtype=torch.bool)) == "torch"
+
+
+@pytest.mark.parametrize(("lq", "lk", "expected"), [
+    (16, 16, "reference"), (64, 64, "reference"), (1, 64, "reference"), (50, 33, "reference"),
+    (65, 64, "torch"), (64, 65, "torch"), (80, 80, "torch"), (1, 200, "torch"),
+])
+def test_choose_backend_picks_the_plain_formula_for_short_unmasked_cpu_requests(lq, lk, expected):
+    assert (max(lq, lk) <= SHORT_CPU_LENGTH) == (expected == "reference")
+    q, k, v = torch.randn(3, 4, lq, 8), torch.randn(3, 4, lk, 8), torch.randn(3, 4, lk, 8)
+    assert choose_backend(q, k, v) == expected
+    # Short requests the fused kernel cannot run (dropout, value head_dim != key head_dim) too.
+    if expected == "reference":
+        assert choose_backend(q, k, v, dropout_p=0.1) == "reference"
+        assert choose_backend(q, k, v[..., :5]) == "reference"
+
+
+def test_the_plain_formula_path_matches_pytorch_with_gradients():
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(4, 4, 50, 24, generator=generator, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    assert choose_backend(q, k, v) == "reference"
+    ours = attention(q, k, v)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(ours, expected)
+    grad = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad(ours, (q, k, v), grad),
+                               torch.autograd.grad(expected, (q, k, v), grad))
 
 
 @pytest.mark.parametrize(
@@ -232,7 +262,7 @@ def test_choose_backend_picks_tiled_for_dropout_on_cpu():
 
 
 def test_choose_backend_picks_tiled_for_attn_mask_with_is_causal():
-    mask = torch.ones(16, 16, dtype=torch.bool)
+    mask = torch.ones(80, 80, dtype=torch.bool)
     assert choose_backend(*_plain_inputs(), attn_mask=mask, is_causal=True) == "tiled"
 
 

@@ -1,5 +1,6 @@
 """The training loop on the toy task: learning, logs, accumulation, clipping, bf16, time limit."""
 
+import dataclasses
 import io
 import math
 import shutil
@@ -15,6 +16,7 @@ from attnlab.train.distributed import DistributedContext
 from attnlab.train.loop import accumulate_gradients, evaluate
 from attnlab.train.metrics import METRIC_KEYS, ProgressDisplay, read_metrics
 from attnlab.train.optim import build_optimizer, decay_groups
+from attnlab.train.schedule import lr_at_time
 
 CPU = torch.device("cpu")
 
@@ -173,6 +175,50 @@ def test_max_minutes_stops_early_with_a_final_eval_and_checkpoint(tmp_path, caps
     assert "max_minutes=0.005 reached" in capsys.readouterr().err
 
 
+def test_a_time_budget_decays_the_learning_rate_and_stops_when_spent(tmp_path, capsys):
+    budget_s = 0.6
+    config = toy_config(max_steps=1000, budget_minutes=budget_s / 60, eval_every=1000,
+                        checkpoint_every=1000)
+    result = train(toy_model(), ToyTask(step_delay=0.02), config, tmp_path, device="cpu")
+    assert 10 <= result.final_step < 40  # about budget_s / step_delay, never max_steps
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert records[-1]["step"] == result.final_step
+    assert records[-1]["val_loss"] == result.val_loss is not None
+    assert checkpoint_problem(result.checkpoint) is None
+    after_warmup = [r for r in records if r["step"] > config.warmup_steps]
+    rates = [r["lr"] for r in after_warmup]
+    assert rates == sorted(rates, reverse=True)
+    assert rates[0] > 0.6 * config.lr and rates[-1] < 0.5 * config.lr  # decayed through the budget
+    # Each rate is the schedule at the time spent when the step began: after the step before it
+    # was logged, before that step's own record was.
+    def scheduled(elapsed_s):
+        return lr_at_time(config.warmup_steps, elapsed_s, lr=config.lr, min_lr=config.min_lr,
+                          warmup_steps=config.warmup_steps, budget_s=budget_s)
+
+    for earlier, before, record in zip(after_warmup, after_warmup[1:], after_warmup[2:], strict=False):
+        assert scheduled(before["elapsed_s"]) <= record["lr"] <= scheduled(earlier["elapsed_s"])
+    assert "the budget of 0.01 minutes is spent" in capsys.readouterr().err
+
+
+def test_a_resumed_time_budget_counts_the_time_already_spent(tmp_path):
+    config = toy_config(max_steps=1000, budget_minutes=0.4 / 60, eval_every=5, checkpoint_every=5)
+    first = train(toy_model(), ToyTask(step_delay=0.02), config, tmp_path, device="cpu")
+    spent = read_metrics(tmp_path / "metrics.jsonl")[-1]["elapsed_s"]
+    assert spent >= 0.4
+    # The budget is spent: resuming trains no further step.
+    again = train(toy_model(), ToyTask(step_delay=0.02), config, tmp_path, resume=True, device="cpu")
+    assert again.final_step == first.final_step
+    # A larger budget continues from the time spent, not from zero.
+    longer = dataclasses.replace(config, budget_minutes=0.8 / 60)
+    task = ToyTask(step_delay=0.02)
+    more = train(toy_model(), task, longer, tmp_path, resume=True, device="cpu")
+    assert task.requested[0][0] == first.final_step
+    assert first.final_step < more.final_step < 3 * first.final_step
+    resumed = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"] > first.final_step]
+    assert resumed[0]["elapsed_s"] > spent
+    assert resumed[0]["lr"] < 0.75 * config.lr  # halfway through the longer budget, not at its start
+
+
 class _DtypeRecordingTask(ToyTask):
     def loss(self, model, batch):
         logits = model(batch)
@@ -274,6 +320,8 @@ def test_optimizer_on_cpu_is_plain_adamw():
     ({"lr": 1e-3, "min_lr": 1e-2}, r"min_lr must be in \[0, lr=0.001\], got min_lr=0.01"),
     ({"warmup_steps": -1}, "warmup_steps must be a whole number >= 0, got warmup_steps=-1"),
     ({"max_minutes": 0}, "max_minutes must be > 0 or None"),
+    ({"budget_minutes": -1.0}, r"budget_minutes must be > 0 or None \(schedule by steps\)"),
+    ({"budget_minutes": math.inf}, "budget_minutes must be > 0 or None"),
     ({"grad_clip": 0.0}, "grad_clip must be > 0 or None"),
     ({"betas": (0.9, 1.0)}, r"betas must be two numbers in \[0, 1\)"),
     ({"lr": -1.0}, "lr must be > 0, got lr=-1.0"),

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from attnlab.train.schedule import lr_at
+from attnlab.train.schedule import lr_at, lr_at_time
 
 LR, MIN_LR = 1e-3, 1e-4
 
@@ -48,3 +48,28 @@ def test_without_warmup_the_first_step_uses_the_peak():
 def test_warmup_filling_the_run_holds_the_peak_after_it():
     assert schedule(9, warmup_steps=10, max_steps=10) == pytest.approx(LR)
     assert schedule(10, warmup_steps=10, max_steps=11) == LR
+
+
+def timed(step, elapsed_s, warmup_steps=10, budget_s=100.0):
+    return lr_at_time(step, elapsed_s, lr=LR, min_lr=MIN_LR, warmup_steps=warmup_steps, budget_s=budget_s)
+
+
+def test_a_time_budget_warms_up_by_step_like_the_step_schedule():
+    for step in range(10):
+        assert timed(step, elapsed_s=50.0) == schedule(step)
+
+
+def test_a_time_budget_decays_with_the_time_spent_not_the_step():
+    assert timed(10, 0.0) == pytest.approx(LR)
+    assert timed(500, 0.0) == pytest.approx(LR)  # many fast steps, no time spent: still the peak
+    assert timed(11, 50.0) == pytest.approx((LR + MIN_LR) / 2)
+    assert timed(11, 25.0) == pytest.approx(MIN_LR + (LR - MIN_LR) * (1 + math.cos(math.pi / 4)) / 2)
+    assert timed(11, 100.0) == MIN_LR
+    assert timed(11, 250.0) == MIN_LR  # a run past its budget stays at the floor
+    rates = [timed(20, t) for t in range(0, 101, 5)]
+    assert rates == sorted(rates, reverse=True)
+
+
+def test_a_time_budget_must_be_positive():
+    with pytest.raises(ValueError, match="budget_s must be > 0, got 0"):
+        timed(20, 1.0, budget_s=0)

@@ -29,10 +29,10 @@ from attnlab.attention.masks import global_tokens_mask, normalize_global_tokens,
 
 BACKENDS = ("auto", "reference", "tiled", "torch")
 #: ``auto`` runs the plain formula on the CPU for unmasked, non-causal inputs with at most this
-#: many scores per head (64 x 64): there it beats PyTorch's fused CPU kernel, 1.3-1.6x in forward
-#: and backward at head_dim 24-64 (benchmarks/short_attention.py); masks and causality add passes
+#: many queries and keys: there it beats PyTorch's fused CPU kernel, 1.3-1.6x in forward and
+#: backward at head_dim 24-64 (benchmarks/short_attention.py); masks and causality add passes
 #: over the scores that the fused kernel avoids, so those keep the kernel.
-SHORT_CPU_SCORES = 64 * 64
+SHORT_CPU_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -344,9 +344,12 @@ def choose_backend(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=F
     1. ``tiled`` if the request uses an extra PyTorch lacks (``window`` and ``global_tokens``,
        ``alibi_slopes``, ``softcap``) or combines ``attn_mask`` with ``is_causal`` (PyTorch would
        need an n x n merged mask).
-    2. ``torch`` if PyTorch runs it in a fused kernel (FlashAttention / memory-efficient / cuDNN
+    2. ``reference`` on the CPU for short requests without masks or causality (at most
+       :data:`SHORT_CPU_LENGTH` queries and keys, e.g. a ViT's 50 tokens): two matrix products
+       around a softmax beat the fused CPU kernel there, and the scores are small anyway.
+    3. ``torch`` if PyTorch runs it in a fused kernel (FlashAttention / memory-efficient / cuDNN
        on CUDA, the flash kernel on CPU), which is the fastest exact kernel where it applies.
-    3. ``tiled`` otherwise: PyTorch would fall back to its math path, which materialises the
+    4. ``tiled`` otherwise: PyTorch would fall back to its math path, which materialises the
        n x n scores (e.g. dropout on CPU, value head_dim != key head_dim).
     """
     req = _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, window,
@@ -358,7 +361,7 @@ def _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, r
     if req.has_extras or alibi_slopes is not None or (attn_mask is not None and is_causal):
         return "tiled"
     if (query.device.type == "cpu" and attn_mask is None and not is_causal
-            and req.q_len * req.k_len <= SHORT_CPU_SCORES):
+            and max(req.q_len, req.k_len) <= SHORT_CPU_LENGTH):
         return "reference"
     mask = _flatten_batch(attn_mask, req.batch)
     if _pytorch_has_fused_kernel(query, key, value, mask, req.dropout_p, is_causal, req.scale,
