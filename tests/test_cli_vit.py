@@ -159,3 +159,24 @@ def test_train_vit_under_torchrun_two_processes(tmp_path):
     losses = [loss for loss in losses if loss is not None]
     assert losses[-1] < losses[0] - 0.3
 
+
+
+def test_a_time_budget_stops_both_torchrun_ranks_at_the_same_step(tmp_path):
+    """With --budget-minutes every rank must agree on the time spent: the same learning rate at
+    each step and the same last step (a disagreement would leave one rank waiting forever)."""
+    out = tmp_path / "ddp-budget"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "attnlab", "train", "vit", "--preset", "tiny", "--out", str(out),
+         "--max-steps", "100000", "--budget-minutes", "0.1"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("the budget of 0.1 minutes is spent") == 1  # rank 0 reports
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]["step"]
+    assert 20 < last < 100000
+    state = json.loads((out / "checkpoints" / f"step-{last:08d}" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == last
+    rates = [r["lr"] for r in records if r["lr"] is not None]
+    assert rates[-1] < 0.25 * max(rates)  # decayed over the budget

@@ -13,7 +13,7 @@ from toy import ToyConfig, ToyModel, ToyTask, one_thread, toy_config, toy_model 
 from attnlab.train import TrainConfig, latest_checkpoint, train
 from attnlab.train.checkpoint import OPTIMIZER_FILE, checkpoint_folder, checkpoint_problem
 from attnlab.train.distributed import DistributedContext
-from attnlab.train.loop import accumulate_gradients, evaluate
+from attnlab.train.loop import _expected_steps, accumulate_gradients, evaluate
 from attnlab.train.metrics import METRIC_KEYS, ProgressDisplay, read_metrics
 from attnlab.train.optim import build_optimizer, decay_groups
 from attnlab.train.schedule import lr_at_time
@@ -99,6 +99,27 @@ def test_progress_bar_on_a_terminal_shows_step_loss_val_and_speed():
     assert "loss 2.5000" in text
     assert "val 2.7500" in text
     assert "1,234 tok/s" in text
+
+
+def test_a_time_budgeted_run_moves_the_step_it_counts_towards():
+    stream = _Terminal()
+    with ProgressDisplay(max_steps=1000, start_step=0, stream=stream) as display:
+        display.set_total(80)
+        display.advance(20)
+    assert "20/80" in stream.getvalue()
+    plain = io.StringIO()
+    display = ProgressDisplay(max_steps=1000, start_step=0, stream=plain)
+    display.set_total(75)
+    display.record({"step": 5, "loss": None, "elapsed_s": 1.0})
+    assert plain.getvalue().startswith("step 5/75")
+
+
+def test_expected_steps_of_a_time_budget_extrapolate_this_runs_speed():
+    assert _expected_steps(100, 100, 10.0, 30.0, max_steps=10_000) == 400
+    assert _expected_steps(150, 50, 10.0, 30.0, max_steps=10_000) == 300  # resumed at step 100
+    assert _expected_steps(100, 100, 10.0, 30.0, max_steps=250) == 250
+    assert _expected_steps(100, 100, 10.0, -1.0, max_steps=10_000) == 100  # budget already spent
+    assert _expected_steps(0, 0, 0.0, 30.0, max_steps=500) == 500
 
 
 def test_progress_is_silent_when_disabled():
