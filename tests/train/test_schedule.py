@@ -73,3 +73,14 @@ def test_a_time_budget_decays_with_the_time_spent_not_the_step():
 def test_a_time_budget_must_be_positive():
     with pytest.raises(ValueError, match="budget_s must be > 0, got 0"):
         timed(20, 1.0, budget_s=0)
+
+
+def test_a_time_budget_capped_by_max_steps_decays_by_whichever_ends_the_run_first():
+    def capped(step, elapsed_s):
+        return lr_at_time(step, elapsed_s, lr=LR, min_lr=MIN_LR, warmup_steps=10, budget_s=100.0,
+                          max_steps=110)
+
+    assert capped(60, 10.0) == pytest.approx(schedule(60))  # the steps are further along
+    assert capped(20, 50.0) == pytest.approx(timed(20, 50.0))  # the time is further along
+    assert capped(109, 1.0) == MIN_LR  # the last step the cap allows reaches the floor
+    assert capped(500, 1.0) == MIN_LR

@@ -32,8 +32,8 @@ class TrainConfig:
         budget_minutes: a time budget for the whole run (counting the runs a resumed one
             continues, evaluations and checkpoints included). When set, the cosine decay follows
             the fraction of the budget spent instead of the step (:func:`~.schedule.lr_at_time`)
-            and the run stops when the budget is spent (``max_steps`` still caps it), so a
-            machine's whole budget is used whatever its speed. The price is exact
+            and the run stops when the budget is spent, so a machine's whole budget is used
+            whatever its speed. ``max_steps`` still caps it, and the decay then ends there. The price is exact
             reproducibility: which learning rate a step gets depends on how fast the steps ran.
 
     Optimizer (AdamW, see :mod:`attnlab.train.optim`) and schedule (:mod:`~.schedule`):

@@ -377,7 +377,8 @@ class _Run:
                        warmup_steps=config.warmup_steps, max_steps=config.max_steps)
         else:
             lr = lr_at_time(self.step, self.spent, lr=config.lr, min_lr=config.min_lr,
-                            warmup_steps=config.warmup_steps, budget_s=60 * config.budget_minutes)
+                            warmup_steps=config.warmup_steps, budget_s=60 * config.budget_minutes,
+                            max_steps=config.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = _tree_map(lambda t: t.to(self.ctx.device),

@@ -32,23 +32,26 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: 
 
 
 def lr_at_time(step: int, elapsed_s: float, *, lr: float, min_lr: float, warmup_steps: int,
-               budget_s: float) -> float:
+               budget_s: float, max_steps: int | None = None) -> float:
     """Learning rate for update ``step`` of a run with a time budget, after ``elapsed_s`` of its
     ``budget_s`` seconds of training. Warmup is as in :func:`lr_at`; after it the cosine follows
-    the time spent instead of the step::
+    the time spent, or the steps when ``max_steps`` would end the run first::
 
-        progress = min(1, elapsed_s / budget_s)
-        min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2
+        progress = max(elapsed_s / budget_s, (step - warmup_steps) / (max_steps - 1 - warmup_steps))
+        min_lr + (lr - min_lr) * (1 + cos(pi * min(1, progress))) / 2
 
-    so the learning rate reaches ``min_lr`` as the budget runs out, however fast the machine.
-    (Warmup takes a few percent of a budget, so the first update after it starts just below
-    ``lr``: no extra state is needed to resume.)
+    so the learning rate reaches ``min_lr`` at whichever limit comes first, however fast the
+    machine. (Warmup takes a few percent of a budget, so the first update after it starts just
+    below ``lr``: no extra state is needed to resume.)
     """
     if budget_s <= 0:
         raise ValueError(f"budget_s must be > 0, got {budget_s!r}")
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
-    return _cosine(min(1.0, max(0.0, elapsed_s / budget_s)), lr=lr, min_lr=min_lr)
+    progress = max(0.0, elapsed_s / budget_s)
+    if max_steps is not None and max_steps - 1 - warmup_steps > 0:
+        progress = max(progress, (step - warmup_steps) / (max_steps - 1 - warmup_steps))
+    return _cosine(min(1.0, progress), lr=lr, min_lr=min_lr)
 
 
 def _cosine(progress: float, *, lr: float, min_lr: float) -> float:

@@ -78,7 +78,8 @@ VIT_TRAIN_PRESETS: dict[str, ViTPreset] = {
             # The schedule runs on a 20-minute time budget rather than a step count: the 2-core
             # machine's speed swings by +-15% within an hour, and a step count sized for its slow
             # hours left minutes unused in its fast ones (6,200 steps took 16.1 min). max_steps
-            # only caps a much faster machine (12,400 steps, twice that run, reached 92.5%).
+            # only caps a much faster machine, and the decay then ends there (12,400 steps, twice
+            # that run, reached 92.5%).
             train={"batch_size": 128, "lr": 1.4e-3, "min_lr": 1e-5, "warmup_steps": 300,
                    "max_steps": 12400, "budget_minutes": 20.0, "eval_every": 620, "eval_batches": 47,
                    "checkpoint_every": 620, "log_every": 50, "weight_decay": 0.05, "block_size": 1},
