@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.attention import tiled
-from attnlab.attention.masks import global_tokens_mask, normalize_global_tokens, normalize_window
+from attnlab.attention.masks import (
+    global_tokens_mask,
+    normalize_global_tokens,
+    normalize_window,
+    window_mask,
+)
 
 BACKENDS = ("auto", "reference", "tiled", "torch")
 #: ``auto`` runs the plain formula on the CPU for unmasked, non-causal inputs with at most this
@@ -197,12 +202,7 @@ def _allowed(req: _Request, is_causal: bool, device) -> torch.Tensor | None:
     left, right = _effective_window(req, is_causal)
     if left is None and right is None:
         return None
-    offset = _offsets(req, device)
-    allowed = torch.ones(req.q_len, req.k_len, dtype=torch.bool, device=device)
-    if left is not None:
-        allowed = allowed & (offset >= -left)
-    if right is not None:
-        allowed = allowed & (offset <= right)
+    allowed = window_mask(req.q_len, req.k_len, (left, right), device=device)
     if req.global_tokens:  # the first g positions see, and are seen by, every position
         allowed = allowed | global_tokens_mask(req.q_len, req.k_len, req.global_tokens,
                                                causal=is_causal, device=device)
