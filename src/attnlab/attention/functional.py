@@ -34,7 +34,7 @@ from attnlab.attention.masks import (
 
 BACKENDS = ("auto", "reference", "tiled", "torch")
 #: ``auto`` runs the plain formula on the CPU for unmasked, non-causal inputs with at most this
-#: many queries and keys: there it beats PyTorch's fused CPU kernel, 1.3-1.6x in forward and
+#: many queries and keys: there it beats PyTorch's fused CPU kernel, 1.2-3.9x in forward and
 #: backward at head_dim 24-64 (benchmarks/short_attention.py); masks and causality add passes
 #: over the scores that the fused kernel avoids, so those keep the kernel.
 SHORT_CPU_LENGTH = 64

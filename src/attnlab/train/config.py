@@ -33,8 +33,9 @@ class TrainConfig:
             continues, evaluations and checkpoints included). When set, the cosine decay follows
             the fraction of the budget spent instead of the step (:func:`~.schedule.lr_at_time`)
             and the run stops when the budget is spent, so a machine's whole budget is used
-            whatever its speed. ``max_steps`` still caps it, and the decay then ends there. The price is exact
-            reproducibility: which learning rate a step gets depends on how fast the steps ran.
+            whatever its speed. ``max_steps`` still caps it, and the decay then ends there. The
+            price is exact reproducibility: which learning rate a step gets depends on how fast
+            the steps ran.
 
     Optimizer (AdamW, see :mod:`attnlab.train.optim`) and schedule (:mod:`~.schedule`):
         lr: peak learning rate, reached after ``warmup_steps`` linear warmup steps (a warmup

@@ -47,11 +47,13 @@ def lr_at_time(step: int, elapsed_s: float, *, lr: float, min_lr: float, warmup_
     if budget_s <= 0:
         raise ValueError(f"budget_s must be > 0, got {budget_s!r}")
     if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    progress = max(0.0, elapsed_s / budget_s)
-    if max_steps is not None and max_steps - 1 - warmup_steps > 0:
-        progress = max(progress, (step - warmup_steps) / (max_steps - 1 - warmup_steps))
-    return _cosine(min(1.0, progress), lr=lr, min_lr=min_lr)
+        return lr_at(step, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, max_steps=warmup_steps)
+    by_time = _cosine(min(1.0, max(0.0, elapsed_s / budget_s)), lr=lr, min_lr=min_lr)
+    if max_steps is None:
+        return by_time
+    # The cosine falls as progress grows, so the further-along limit gives the smaller rate.
+    return min(by_time, lr_at(step, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
+                              max_steps=max_steps))
 
 
 def _cosine(progress: float, *, lr: float, min_lr: float) -> float:
