@@ -71,6 +71,7 @@ def test_vision_data_holds_the_models_numbers(model, picture, data):
     weights = model.attention_weights(inputs)[:, 0].double()  # (layers, heads, T, T)
     probabilities = torch.softmax(model(inputs)[0].double(), -1)
     assert data["grid"] == 4 and data["patch_size"] == 7 and data["patch_overlap"] == 0
+    assert data["stem_channels"] == 0
     def numbers(key: str) -> torch.Tensor:
         return torch.tensor(data[key], dtype=torch.float64)
 
@@ -133,11 +134,15 @@ def test_page_in_chromium_shows_prediction_selector_and_weights(tmp_path, data, 
     assert not errors
 
 
-@pytest.mark.parametrize("overlap, expected", [
-    (0, None), (1, "made from the 9 × 9 pixels around it: the square and a border of 1 pixel taken from"),
-    (2, "made from the 11 × 11 pixels around it: the square and a border of 2 pixels taken from")])
-def test_page_explains_overlapping_patches(tmp_path, data, browser, overlap, expected):
-    page_path = write_vision_page({**data, "patch_overlap": overlap}, tmp_path / "vision.html")
+@pytest.mark.parametrize("overlap, stem, expected", [
+    (0, 0, None), (1, 0, "made from the 9 × 9 pixels around it: the square and a border of 1 pixel taken from"),
+    (2, 0, "made from the 11 × 11 pixels around it: the square and a border of 2 pixels taken from"),
+    # the 3 x 3 filters reach one pixel further than the window they feed
+    (1, 8, "made from the 11 × 11 pixels around it: the square and a border of 2 pixels taken from"),
+    (0, 8, "made from the 9 × 9 pixels around it: the square and a border of 1 pixel taken from")])
+def test_page_explains_overlapping_patches(tmp_path, data, browser, overlap, stem, expected):
+    page_path = write_vision_page({**data, "patch_overlap": overlap, "stem_channels": stem},
+                                  tmp_path / "vision.html")
     page = browser.new_page()
     page.goto(page_path.as_uri())
     how = page.inner_text("#how")
@@ -147,3 +152,4 @@ def test_page_explains_overlapping_patches(tmp_path, data, browser, overlap, exp
         assert "pixels around it" not in how
     else:
         assert expected in how
+    assert ("8 small 3 × 3 filters describe each pixel's neighbourhood" in how) == bool(stem)

@@ -20,6 +20,17 @@ def _reference_forward(model: ViT, images: torch.Tensor) -> tuple[torch.Tensor, 
     w["pos_embed"] = model.position_table().detach().double()
     x = images.double()
     batch = x.shape[0]
+    if c.stem_channels:
+        # out[j, y, x] = GELU(bias[j] + sum over channels i and offsets (dy, dx) in -1..1 of
+        # weight[j, i, dy + 1, dx + 1] * pixel[i, y + dy, x + dx]), zero outside the picture
+        kernel, x_padded = w["stem.0.weight"], F.pad(x, (1, 1, 1, 1))
+        size = c.image_size
+        features = w["stem.0.bias"][None, :, None, None].expand(batch, -1, size, size).clone()
+        for dy in range(3):
+            for dx in range(3):
+                shifted = x_padded[:, :, dy:dy + size, dx:dx + size]  # (batch, C, H, W)
+                features += torch.einsum("ji,biyx->bjyx", kernel[:, :, dy, dx], shifted)
+        x = F.gelu(features)
     # Patch p (row r, col s) holds pixels [r*P-o : (r+1)*P+o, s*P-o : (s+1)*P+o] (zero outside the
     # picture), channel by channel, with o = patch_overlap (0: the plain P x P square).
     o, size = c.patch_overlap, c.patch_size + 2 * c.patch_overlap
@@ -81,11 +92,12 @@ def test_overlapping_patches_match_a_padded_strided_convolution():
     assert first[:, :, 0].abs().sum() == 0 and first[:, :, :, 0].abs().sum() == 0
 
 
-@pytest.mark.parametrize(("positions", "overlap"), [("learned", 0), ("sinusoidal", 0), ("learned", 2)])
-def test_forward_matches_float64_reference(positions, overlap):
+@pytest.mark.parametrize(("positions", "overlap", "stem"),
+                         [("learned", 0, 0), ("sinusoidal", 0, 0), ("learned", 2, 0), ("learned", 1, 3)])
+def test_forward_matches_float64_reference(positions, overlap, stem):
     model = _randomised(ViTConfig(image_size=12, patch_size=4, in_channels=2, num_classes=5, embed_dim=16,
                                   num_layers=2, num_heads=4, ffn_dim=24, positions=positions,
-                                  patch_overlap=overlap))
+                                  patch_overlap=overlap, stem_channels=stem))
     images = torch.randn(3, 2, 12, 12)
     logits, traces = model(images, return_traces=True)
     expected, expected_weights = _reference_forward(model, images)
@@ -147,6 +159,7 @@ def test_initial_predictions_are_uniform():
     ({"num_layers": 0}, "num_layers"),
     ({"dropout": 1.0}, "dropout"),
     ({"patch_overlap": -1}, "patch_overlap"),
+    ({"stem_channels": -2}, "stem_channels"),
 ])
 def test_bad_configs_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):

@@ -67,7 +67,8 @@ def vision_data(model: torch.nn.Module, pixels: torch.Tensor, normalization, cla
     ``(C, S, S)`` uint8 a larger view of the same square picture to draw on (default ``pixels``).
     Returns ``source``, ``classes``, ``predictions`` (the ``top`` classes with probabilities),
     ``probabilities`` (all classes), ``grid`` (patches a side), ``patch_size``, ``patch_overlap``
-    (extra pixels each patch's token reads on every side), ``image`` and
+    (extra pixels each patch's token reads on every side), ``stem_channels`` (filters of the
+    3 x 3 convolution before the patches; 0: none), ``image`` and
     ``input_image`` (PNG data URLs), ``rollout`` ``(N,)``, ``cls_attention``
     ``(layers, heads, N)`` (row 0 of each head over the patches) and ``cls_self``
     ``(layers, heads)`` (the class token's weight on itself).
@@ -87,6 +88,7 @@ def vision_data(model: torch.nn.Module, pixels: torch.Tensor, normalization, cla
         "grid": config.grid_size,
         "patch_size": config.patch_size,
         "patch_overlap": config.patch_overlap,
+        "stem_channels": config.stem_channels,
         "image": _png_data_url(pixels if original is None else original),
         "input_image": _png_data_url(pixels),
         "rollout": rollout.tolist(),

@@ -11,7 +11,11 @@ Plainly, for ``images`` shaped ``(batch, channels, H, W)`` and patches of ``P x 
 
 With ``patch_overlap = o``, token (r, c) reads the ``(P + 2o) x (P + 2o)`` window around its
 square (zeros past the border) instead of the square alone, so it also sees the edges of its
-neighbours: a cheap dose of locality, which a ViT otherwise has to learn from data.
+neighbours: a cheap dose of locality, which a ViT otherwise has to learn from data. With
+``stem_channels = s``, a 3 x 3 convolution and a GELU first turn each pixel into ``s`` features of
+its 3 x 3 neighbourhood, and the windows are cut from those features instead of the raw pixels
+(a small convolutional stem, as in Xiao et al., 2021, "Early convolutions help transformers see
+better"; the grid of tokens stays the same).
 
 The class token starts as one learned vector and gathers, layer by layer, what the patches say;
 its attention over the patches is what :mod:`attnlab.explain.vision` draws. Positions are learned
@@ -48,7 +52,9 @@ class ViTConfig:
     """Sizes of a :class:`ViT`. ``image_size`` must be a multiple of ``patch_size`` and
     ``embed_dim`` of ``num_heads``; ``positions`` is ``"learned"`` or ``"sinusoidal"``;
     ``patch_overlap`` widens each token's window by that many pixels on every side (see
-    :func:`patchify`; the grid of tokens, and so the attention maps, stay the same)."""
+    :func:`patchify`; the grid of tokens, and so the attention maps, stay the same);
+    ``stem_channels`` > 0 puts a 3 x 3 convolution with that many output channels and a GELU
+    before the patches are cut (0: patches of raw pixels)."""
 
     image_size: int = 28
     patch_size: int = 4
@@ -61,6 +67,7 @@ class ViTConfig:
     dropout: float = 0.0
     positions: str = "learned"
     patch_overlap: int = 0
+    stem_channels: int = 0
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "embed_dim",
@@ -79,9 +86,10 @@ class ViTConfig:
             raise ValueError(f"sinusoidal positions need an even embed_dim, got {self.embed_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        overlap = self.patch_overlap
-        if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
-            raise ValueError(f"ViTConfig.patch_overlap must be a whole number >= 0, got {overlap!r}")
+        for name in ("patch_overlap", "stem_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"ViTConfig.{name} must be a whole number >= 0, got {value!r}")
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> ViTConfig:
@@ -132,7 +140,11 @@ class ViT(SafetensorsModel, nn.Module):
         self.config = config
         c = config
         window = c.patch_size + 2 * c.patch_overlap
-        self.patch_embed = nn.Linear(c.in_channels * window ** 2, c.embed_dim)
+        # The optional stem keeps the picture's size (3 x 3, padding 1), so the grid is unchanged.
+        self.stem = (nn.Sequential(nn.Conv2d(c.in_channels, c.stem_channels, 3, padding=1), nn.GELU())
+                     if c.stem_channels else None)
+        features = c.stem_channels or c.in_channels
+        self.patch_embed = nn.Linear(features * window ** 2, c.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
         # Learned: one trained vector per token. Sinusoidal: a fixed table, computed when used
         # (it is tiny, and so it never needs saving or moving between devices).
@@ -177,7 +189,8 @@ class ViT(SafetensorsModel, nn.Module):
         """``(batch, C, H, W)`` -> the first block's input ``(batch, 1 + N, D)``: class token first."""
         self._check_images(images)
         c = self.config
-        x = self.patch_embed(patchify(images, c.patch_size, c.patch_overlap))  # (batch, N, D)
+        pixels = images if self.stem is None else self.stem(images)  # (batch, C or stem, H, W)
+        x = self.patch_embed(patchify(pixels, c.patch_size, c.patch_overlap))  # (batch, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         positions = self.position_table(device=x.device, dtype=x.dtype)
         return self.dropout(torch.cat([cls, x], dim=1) + positions)
