@@ -135,7 +135,8 @@ def test_page_in_chromium_shows_prediction_selector_and_weights(tmp_path, data, 
 
 
 @pytest.mark.parametrize("overlap, stem, expected", [
-    (0, 0, None), (1, 0, "made from the 9 × 9 pixels around it: the square and a border of 1 pixel taken from"),
+    (0, 0, None),
+    (1, 0, "made from the 9 × 9 pixels around it: the square and a border of 1 pixel taken from"),
     (2, 0, "made from the 11 × 11 pixels around it: the square and a border of 2 pixels taken from"),
     # the 3 x 3 filters reach one pixel further than the window they feed
     (1, 8, "made from the 11 × 11 pixels around it: the square and a border of 2 pixels taken from"),
