@@ -49,6 +49,12 @@ def run_one(preset_name: str, name: str, overrides: dict, steps: int, minutes: f
     from attnlab.train import vit_task
 
     preset = vit_task.VIT_TRAIN_PRESETS[preset_name]
+    vit_task.VIT_TRAIN_PRESETS[preset_name] = variant_preset(preset, overrides, steps, minutes)
+    return main(["train", "vit", "--preset", preset_name, "--out", str(out / name)])
+
+
+def variant_preset(preset, overrides: dict, steps: int, minutes: float):
+    """``preset`` (a :class:`ViTPreset`) with a config's ``overrides`` applied, trained for ``steps``."""
     overrides = dict(overrides)
     every = max(steps // 10, 1)
     # Steps, not a time budget, set each variant's schedule: the runs share one machine.
@@ -56,9 +62,7 @@ def run_one(preset_name: str, name: str, overrides: dict, steps: int, minutes: f
                  eval_every=every, checkpoint_every=steps)
     train.update(overrides.pop("train", {}))
     model = dict(preset.model_overrides, **overrides.pop("model_overrides", {}))
-    vit_task.VIT_TRAIN_PRESETS[preset_name] = dataclasses.replace(
-        preset, train=train, model_overrides=model, **overrides)
-    return main(["train", "vit", "--preset", preset_name, "--out", str(out / name)])
+    return dataclasses.replace(preset, train=train, model_overrides=model, **overrides)
 
 
 def validation_curve(folder: Path) -> list[tuple[int, float]]:

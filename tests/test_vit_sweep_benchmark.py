@@ -59,18 +59,14 @@ def test_the_preset_rounds_spell_out_the_first_presets_settings():
 def test_every_recorded_round_names_settings_that_exist(path):
     """A round whose override names a field that was renamed or removed would fail only minutes
     into a sweep; building each variant's preset, training and model configs catches it here."""
-    import dataclasses
-
     from attnlab.train import TrainConfig
     from attnlab.train.vit_task import VIT_TRAIN_PRESETS
 
-    preset = VIT_TRAIN_PRESETS["fashion-mnist"]
     for name, (overrides, steps) in json.loads(path.read_text()).items():
-        overrides = dict(overrides)
         assert isinstance(steps, int) and steps > 0, name
-        TrainConfig(**{**preset.train, **overrides.pop("train", {})})
-        model = {**preset.model_overrides, **overrides.pop("model_overrides", {})}
-        dataclasses.replace(preset, model_overrides=model, **overrides).model_config(10)
+        variant = sweep.variant_preset(VIT_TRAIN_PRESETS["fashion-mnist"], overrides, steps, 20.0)
+        TrainConfig(**variant.train)
+        variant.model_config(10)
 
 
 def test_a_sweep_of_the_tiny_preset_trains_each_variant_with_its_overrides(tmp_path):
