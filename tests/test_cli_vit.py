@@ -70,6 +70,52 @@ def test_eval_prints_accuracy_per_class(run_dir, attnlab_cli):
     assert "accuracy" in out and "mnist-5k: 1,000 pictures" in out and "pictures/s" in out
 
 
+def test_eval_tta_averages_each_picture_with_its_one_pixel_shifts(run_dir, attnlab_cli):
+    code, out, _ = attnlab_cli("eval", "vit", "--checkpoint", str(run_dir[0]), "--tta", "--json")
+    assert code == 0
+    scores = json.loads(out)
+    assert scores["views"] == 5 and scores["pictures"] == 1000 and scores["accuracy"] >= 0.85
+    assert scores["accuracy"] == pytest.approx(torch.tensor(scores["confusion_matrix"]).diag().sum() / 1000)
+    code, out, _ = attnlab_cli("eval", "vit", "--checkpoint", str(run_dir[0]), "--tta")
+    assert code == 0 and "4 one-pixel shifts" in out
+
+
+def test_eval_on_the_validation_split_matches_the_training_runs_last_score(run_dir, attnlab_cli):
+    """The tiny preset's validation batches hold its whole validation split (400 digits), so the
+    run's last validation accuracy is what `eval --split validation` must find."""
+    out, summary = run_dir
+    code, stdout, _ = attnlab_cli("eval", "vit", "--checkpoint", str(out), "--split", "validation", "--json")
+    assert code == 0
+    scores = json.loads(stdout)
+    assert scores["split"] == "validation" and scores["pictures"] == 400
+    assert scores["accuracy"] == pytest.approx(summary["val_accuracy"], abs=1e-9)
+    code, stdout, _ = attnlab_cli("eval", "vit", "--checkpoint", str(out), "--split", "validation")
+    assert code == 0 and "validation set mnist-5k: 400 pictures" in stdout
+
+
+def test_predict_classes_is_the_best_mean_log_probability_over_the_views(run_dir):
+    from attnlab.commands.classify import load_classifier
+    from attnlab.commands.eval import predict_classes
+    from attnlab.data.images import ONE_PIXEL_SHIFTS
+
+    loaded, _, _, normalization = load_classifier(str(run_dir[0]))
+    model = loaded.model.double().eval()
+    pictures = load_test_split("mnist-5k").images  # (1000, 1, 28, 28) uint8
+    to_double = lambda images: normalization(images).double()  # noqa: E731
+    with torch.no_grad():
+        single = predict_classes(model, pictures, to_double)
+        assert torch.equal(single, model(to_double(pictures)).argmax(dim=-1))
+        averaged = predict_classes(model, pictures, to_double, ONE_PIXEL_SHIFTS)
+        probabilities = torch.zeros(len(pictures), 10, dtype=torch.float64)
+        for dy, dx in ONE_PIXEL_SHIFTS:  # each view built by index arithmetic, not by shift()
+            moved = torch.zeros_like(pictures)
+            moved[..., max(dy, 0):28 + min(dy, 0), max(dx, 0):28 + min(dx, 0)] = \
+                pictures[..., max(-dy, 0):28 + min(-dy, 0), max(-dx, 0):28 + min(-dx, 0)]
+            probabilities += torch.log(torch.softmax(model(to_double(moved)), dim=-1))
+    assert torch.equal(averaged, probabilities.argmax(dim=-1))
+    assert not torch.equal(averaged, single)  # the views change some answers
+
+
 def test_classify_reads_user_pictures(run_dir, digit_files, tmp_path):
     out, _ = run_dir
     paths = [str(path) for path, _ in digit_files]

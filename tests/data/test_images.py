@@ -12,6 +12,7 @@ from PIL import Image
 from attnlab.data.images import (
     FASHION_MNIST_CLASSES,
     MAX_IMAGE_PIXELS,
+    ONE_PIXEL_SHIFTS,
     ImageDataError,
     Normalization,
     dataset_splits,
@@ -21,6 +22,7 @@ from attnlab.data.images import (
     load_test_split,
     random_crop,
     read_idx,
+    shift,
     train_val_split,
 )
 
@@ -120,6 +122,35 @@ def test_random_crop_shifts_without_changing_the_picture():
     assert torch.equal(shifted.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2, 3)))  # the blob stays inside
     assert len({tuple(x.nonzero()[0].tolist()) for x in shifted}) > 5  # shifted to many places
     assert torch.equal(random_crop(images, 0), images)
+
+
+def test_shift_moves_pixels_and_fills_the_edge_with_background():
+    images = torch.arange(1, 2 * 3 * 5 * 4 + 1, dtype=torch.float64).reshape(2, 3, 5, 4)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            moved = shift(images, dy, dx)
+            expected = torch.zeros_like(images)  # built pixel by pixel
+            for y in range(5):
+                for x in range(4):
+                    if 0 <= y - dy < 5 and 0 <= x - dx < 4:
+                        expected[..., y, x] = images[..., y - dy, x - dx]
+            assert torch.equal(moved, expected), (dy, dx)
+    assert shift(images, 0, 0) is images
+
+
+def test_random_crop_draws_exactly_the_shifts_tta_averages():
+    """Training's shifts of up to a pixel are the 3 x 3 offsets of :func:`shift`; the views that
+    test-time augmentation averages are among them."""
+    images = torch.randint(1, 256, (200, 1, 6, 6), dtype=torch.uint8)
+    cropped = random_crop(images, 1, torch.Generator().manual_seed(0))
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    drawn = []
+    for picture, crop in zip(images, cropped, strict=True):
+        matches = [o for o in offsets if torch.equal(shift(picture[None], *o)[0], crop)]
+        assert len(matches) == 1
+        drawn.append(matches[0])
+    assert set(drawn) == set(offsets)
+    assert set(ONE_PIXEL_SHIFTS) < set(offsets) and len(set(ONE_PIXEL_SHIFTS)) == 5
 
 
 def test_normalization_fits_mean_and_std():

@@ -222,27 +222,57 @@ def run_eval_translate(args: argparse.Namespace) -> None:
         print(f"saved       {args.translations} (every verse: source, reference, translation)")
 
 
-def evaluate_classifier(loaded, dataset: str, classes, normalization, batch_size: int = 500) -> dict:
+def predict_classes(model, pictures, normalization, views=((0, 0),)):
+    """The class ``model`` gives each of ``pictures`` ``(batch, C, H, W)`` (uint8), ``(batch,)``:
+    the highest mean log-probability over ``views``, shifts ``(dy, dx)`` of each picture (see
+    :func:`attnlab.data.images.shift`; the default is the picture alone)."""
+    from attnlab.data.images import shift
+
+    scores = sum(model(normalization(shift(pictures, dy, dx))).log_softmax(dim=-1) for dy, dx in views)
+    return scores.argmax(dim=-1)
+
+
+def _classifier_split(loaded, dataset: str, split: str):
+    """The pictures :func:`evaluate_classifier` scores: the test split, or the validation split
+    the run held out (drawn again from its preset's ``val_fraction`` and its seed)."""
+    from attnlab.data.images import dataset_splits, load_test_split
+    from attnlab.train.vit_task import VIT_TRAIN_PRESETS
+
+    if split == "test":
+        return load_test_split(dataset)
+    preset = VIT_TRAIN_PRESETS.get(loaded.meta.get("preset"))
+    if preset is None:
+        raise ValueError(f"{loaded.folder}: trained with preset {loaded.meta.get('preset')!r}, not one of "
+                         f"{', '.join(VIT_TRAIN_PRESETS)}, so its validation split is unknown")
+    return dataset_splits(dataset, preset.val_fraction, seed=loaded.train_config.seed)[1]
+
+
+def evaluate_classifier(loaded, dataset: str, classes, normalization, batch_size: int = 500,
+                        tta: bool = False, split: str = "test") -> dict:
     """Accuracy, per-class accuracy and the confusion matrix of a loaded ViT on ``dataset``'s test
-    split (Fashion-MNIST: the official 10,000; MNIST-5k: its fixed held-out 1,000), with a
-    progress bar on stderr; also inference pictures/s (batches of ``batch_size``)."""
+    split (Fashion-MNIST: the official 10,000; MNIST-5k: its fixed held-out 1,000), or with
+    ``split="validation"`` on the validation pictures the run held out, with a progress bar on
+    stderr; also inference pictures/s (batches of ``batch_size``). ``tta``:
+    classify each picture by its average over it and its four one-pixel shifts
+    (:data:`attnlab.data.images.ONE_PIXEL_SHIFTS`; five times the inference work)."""
     import torch
     from rich.progress import track
 
-    from attnlab.data.images import ImageDataError, load_test_split
+    from attnlab.data.images import ONE_PIXEL_SHIFTS, ImageDataError
 
     try:
-        test = load_test_split(dataset)
+        test = _classifier_split(loaded, dataset, split)
     except (ImageDataError, ValueError) as err:
         raise UsageError(str(err)) from None
     model = loaded.model.eval()
+    views = ONE_PIXEL_SHIFTS if tta else ((0, 0),)
     predictions = []
     start = time.perf_counter()
     with torch.inference_mode():
         for first in track(range(0, len(test), batch_size), description="classifying",
                            console=_stderr_console(), transient=True):
-            images = normalization(test.images[first:first + batch_size])
-            predictions.append(model(images).argmax(dim=-1))
+            predictions.append(predict_classes(model, test.images[first:first + batch_size], normalization,
+                                               views))
     seconds = time.perf_counter() - start
     predicted = torch.cat(predictions)
     size = len(classes)
@@ -254,7 +284,9 @@ def evaluate_classifier(loaded, dataset: str, classes, normalization, batch_size
         "step": loaded.step,
         "preset": loaded.meta.get("preset"),
         "dataset": dataset,
+        "split": split,
         "pictures": len(test),
+        "views": len(views),
         "accuracy": float((predicted == test.labels).double().mean()),
         "per_class_accuracy": dict(zip(classes, per_class, strict=True)),
         "confusion_matrix": confusion.tolist(),
@@ -273,12 +305,12 @@ def run_eval_vit(args: argparse.Namespace) -> None:
     if args.png:
         prepare_png_dir(Path(args.png))
     loaded, dataset, classes, normalization = load_classifier(args.checkpoint)
-    result = evaluate_classifier(loaded, dataset, classes, normalization)
+    result = evaluate_classifier(loaded, dataset, classes, normalization, tta=args.tta, split=args.split)
     if args.png:
         import torch
 
-        title = (f"{dataset} test set: {100 * result['accuracy']:.2f}% correct "
-                 f"(step {result['step']})")
+        title = (f"{dataset} {args.split} set: {100 * result['accuracy']:.2f}% correct "
+                 f"(step {result['step']}{', shifts averaged' if args.tta else ''})")
         try:
             result["confusion_png"] = str(write_confusion_png(
                 torch.tensor(result["confusion_matrix"]), classes, Path(args.png) / "confusion-matrix.png",
@@ -289,8 +321,9 @@ def run_eval_vit(args: argparse.Namespace) -> None:
         print(json.dumps(result, indent=2))
         return
     print(f"checkpoint  {result['checkpoint']} (step {result['step']}, preset {result['preset']})")
-    print(f"test set    {dataset}: {result['pictures']:,} pictures")
-    print(f"accuracy    {100 * result['accuracy']:.2f}%")
+    print(f"{args.split + ' set':<11} {dataset}: {result['pictures']:,} pictures")
+    averaged = " (each picture averaged with its 4 one-pixel shifts: --tta)" if args.tta else ""
+    print(f"accuracy    {100 * result['accuracy']:.2f}%{averaged}")
     print("per class:")
     width = max(len(name) for name in classes)
     for name, accuracy in result["per_class_accuracy"].items():
@@ -344,11 +377,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "vit",
         help="a Vision Transformer's accuracy on the test pictures",
         description="Classify the test split the ViT never saw (Fashion-MNIST: the official "
-        "10,000 test pictures; MNIST-5k: its fixed held-out 1,000) and print the accuracy, the "
+        "10,000 test pictures; MNIST-5k: its fixed held-out 1,000), or with --split validation the "
+        "pictures the run held out for validation, and print the accuracy, the "
         "accuracy per class and the speed; --png also draws the confusion matrix.",
     )
     add_checkpoint_argument(vit)
     vit.add_argument("--png", metavar="DIR", default=None,
                      help="also write the confusion matrix as DIR/confusion-matrix.png")
+    vit.add_argument("--split", choices=("test", "validation"), default="test",
+                     help="the pictures to score: the test set (default), or the validation pictures "
+                     "the run held out (to choose settings such as --tta without looking at the test set)")
+    vit.add_argument("--tta", action="store_true",
+                     help="test-time augmentation: classify each picture by its class probabilities "
+                     "averaged (geometric mean) with those of its four one-pixel shifts; five times "
+                     "the inference work, no change to the model")
     vit.add_argument("--json", action="store_true", help="print the results as JSON")
     vit.set_defaults(run=run_eval_vit)

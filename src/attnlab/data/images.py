@@ -197,6 +197,23 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator |
     return torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets)])
 
 
+#: A picture and its four one-pixel shifts (down, up, right, left), as ``(dy, dx)``: the views
+#: that test-time augmentation averages (``attnlab eval vit --tta``). Training shifts pictures by
+#: up to a pixel (``crop_padding``), so every view is one the model has learned from.
+ONE_PIXEL_SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``images`` ``(batch, C, H, W)`` moved ``dy`` pixels down and ``dx`` right (negative: up,
+    left). Background (zeros) fills the edge they leave; what crosses the other edge is lost."""
+    reach = max(abs(dy), abs(dx))
+    if reach == 0:
+        return images
+    height, width = images.shape[-2:]
+    padded = torch.nn.functional.pad(images, (reach,) * 4)
+    return padded[..., reach - dy:reach - dy + height, reach - dx:reach - dx + width]
+
+
 @dataclass(frozen=True)
 class Normalization:
     """``(pixel / 255 - mean) / std`` per channel; ``mean`` and ``std`` come from the training set."""
