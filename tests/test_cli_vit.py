@@ -226,3 +226,14 @@ def test_a_time_budget_stops_both_torchrun_ranks_at_the_same_step(tmp_path):
     assert state["world_size"] == 2 and state["step"] == last
     rates = [r["lr"] for r in records if r["lr"] is not None]
     assert rates[-1] < 0.25 * max(rates)  # decayed over the budget
+
+
+def test_the_validation_split_of_an_unknown_preset_is_a_clear_error():
+    from types import SimpleNamespace
+
+    from attnlab.commands.common import UsageError
+    from attnlab.commands.eval import evaluate_classifier
+
+    loaded = SimpleNamespace(folder="runs/old", meta={"preset": "gone"}, train_config=SimpleNamespace(seed=0))
+    with pytest.raises(UsageError, match="preset 'gone', not one of tiny, fashion-mnist, so its validation"):
+        evaluate_classifier(loaded, "mnist-5k", [str(d) for d in range(10)], None, split="validation")

@@ -252,8 +252,8 @@ def evaluate_classifier(loaded, dataset: str, classes, normalization, batch_size
     """Accuracy, per-class accuracy and the confusion matrix of a loaded ViT on ``dataset``'s test
     split (Fashion-MNIST: the official 10,000; MNIST-5k: its fixed held-out 1,000), or with
     ``split="validation"`` on the validation pictures the run held out, with a progress bar on
-    stderr; also inference pictures/s (batches of ``batch_size``). ``tta``:
-    classify each picture by its average over it and its four one-pixel shifts
+    stderr; also inference pictures/s (batches of ``batch_size``). ``tta`` classifies each
+    picture by its average with its four one-pixel shifts
     (:data:`attnlab.data.images.ONE_PIXEL_SHIFTS`; five times the inference work)."""
     import torch
     from rich.progress import track
@@ -261,7 +261,7 @@ def evaluate_classifier(loaded, dataset: str, classes, normalization, batch_size
     from attnlab.data.images import ONE_PIXEL_SHIFTS, ImageDataError
 
     try:
-        test = _classifier_split(loaded, dataset, split)
+        held_out = _classifier_split(loaded, dataset, split)
     except (ImageDataError, ValueError) as err:
         raise UsageError(str(err)) from None
     model = loaded.model.eval()
@@ -269,15 +269,15 @@ def evaluate_classifier(loaded, dataset: str, classes, normalization, batch_size
     predictions = []
     start = time.perf_counter()
     with torch.inference_mode():
-        for first in track(range(0, len(test), batch_size), description="classifying",
+        for first in track(range(0, len(held_out), batch_size), description="classifying",
                            console=_stderr_console(), transient=True):
-            predictions.append(predict_classes(model, test.images[first:first + batch_size], normalization,
-                                               views))
+            pictures = held_out.images[first:first + batch_size]
+            predictions.append(predict_classes(model, pictures, normalization, views))
     seconds = time.perf_counter() - start
     predicted = torch.cat(predictions)
     size = len(classes)
     confusion = torch.zeros(size, size, dtype=torch.long)
-    confusion.index_put_((test.labels, predicted), torch.ones_like(predicted), accumulate=True)
+    confusion.index_put_((held_out.labels, predicted), torch.ones_like(predicted), accumulate=True)
     per_class = (confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)).tolist()
     return {
         "checkpoint": str(loaded.folder),
@@ -285,12 +285,12 @@ def evaluate_classifier(loaded, dataset: str, classes, normalization, batch_size
         "preset": loaded.meta.get("preset"),
         "dataset": dataset,
         "split": split,
-        "pictures": len(test),
+        "pictures": len(held_out),
         "views": len(views),
-        "accuracy": float((predicted == test.labels).double().mean()),
+        "accuracy": float((predicted == held_out.labels).double().mean()),
         "per_class_accuracy": dict(zip(classes, per_class, strict=True)),
         "confusion_matrix": confusion.tolist(),
-        "images_per_s": len(test) / seconds,
+        "images_per_s": len(held_out) / seconds,
         "seconds": seconds,
     }
 
