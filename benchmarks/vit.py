@@ -1,6 +1,7 @@
 """Vision Transformer throughput: pictures/s for training and inference of attnlab's ViT with its
 own attention (``auto``) against the same ViT with PyTorch's ``scaled_dot_product_attention``
-called directly, on this machine's CPU with 2 threads.
+called directly, on this machine's CPU with 2 threads, in float32 and under bfloat16 autocast
+(the training loop's ``bf16``: weights and optimizer float32, matrix products bf16).
 
 Both rows use the same model (preset ``fashion-mnist`` by default, same initial weights) and the
 same Fashion-MNIST batches:
@@ -9,10 +10,11 @@ same Fashion-MNIST batches:
   inference    forward only (``torch.inference_mode``) on batches of 500 test pictures
 
 Before timing, one training step of each from the same weights must give the same loss (within
-1e-5). Rows are interleaved (A B A B ...) for ``--repeats`` runs and the medians reported.
+1e-5 in float32, 2e-2 in bf16, whose rounding differs between the two kernels). Rows are
+interleaved (A B C D A B C D ...) for ``--repeats`` runs and the medians reported.
 
     python benchmarks/vit.py
-    python benchmarks/vit.py --steps 5 --repeats 2 --json /tmp/vit.json
+    python benchmarks/vit.py --steps 5 --repeats 2 --precision fp32 --json /tmp/vit.json
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from attnlab.train import TrainConfig, seed_everything
 from attnlab.train.vit_task import VIT_TRAIN_PRESETS, ImageClassificationTask
 
 THREADS = 2
-LOSS_TOLERANCE = 1e-5
+LOSS_TOLERANCE = {"fp32": 1e-5, "bf16": 2e-2}
 INFERENCE_BATCH = 500
 
 
@@ -56,24 +58,30 @@ ATTENTION = {
 }
 
 
+def autocast(precision: str):
+    """What the training loop runs the forward pass under for ``bf16`` (and nothing for fp32)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_seconds(initial: ViT, task: ImageClassificationTask, config: TrainConfig,
-                  steps: int) -> tuple[float, float]:
+                  steps: int, precision: str) -> tuple[float, float]:
     """``(seconds, last loss)`` of ``steps`` training steps of a copy of ``initial``."""
     model = copy.deepcopy(initial).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = [task.train_batch(step, 0, 1) for step in range(steps)]
     start = time.perf_counter()
     for batch in batches:
-        loss = task.loss(model, batch)
-        loss.backward()
+        with autocast(precision):
+            loss = task.loss(model, batch)
+        loss.float().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - start, loss.item()
 
 
-def inference_seconds(model: ViT, images: torch.Tensor) -> float:
+def inference_seconds(model: ViT, images: torch.Tensor, precision: str) -> float:
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(precision):
         for first in range(0, len(images), INFERENCE_BATCH):
             model(images[first:first + INFERENCE_BATCH])
     return time.perf_counter() - start
@@ -86,6 +94,8 @@ def main() -> None:
     parser.add_argument("--pictures", type=int, default=5000,
                         help="test pictures per timed inference run (default: 5000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (default: 5)")
+    parser.add_argument("--precision", choices=("both", "fp32", "bf16"), default="both",
+                        help="float32, bf16 autocast or both (default)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args()
     if min(args.steps, args.pictures, args.repeats) < 1:
@@ -99,48 +109,57 @@ def main() -> None:
     initial = ViT(preset.model_config(len(task.classes)))
     images = task.normalization(load_test_split(preset.dataset).images[:args.pictures])
 
+    precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
+    rows_wanted = [(precision, name) for precision in precisions for name in ATTENTION]
     first = {}
-    for name, swap in ATTENTION.items():
-        with swap():
-            first[name] = train_seconds(initial, task, config, 1)[1]
-    difference = abs(first["attnlab auto"] - first["torch sdpa"])
-    print(f"first-step loss: {first}, difference {difference:.1e}", file=sys.stderr)
-    if difference > LOSS_TOLERANCE:
-        sys.exit(f"the two attention calls disagree by {difference:.1e}: the swap changed more than "
-                 "the kernel")
+    for precision, name in rows_wanted:
+        with ATTENTION[name]():
+            first[f"{name} {precision}"] = train_seconds(initial, task, config, 1, precision)[1]
+    print(f"first-step loss: {first}", file=sys.stderr)
+    for precision in precisions:
+        difference = abs(first[f"attnlab auto {precision}"] - first[f"torch sdpa {precision}"])
+        if difference > LOSS_TOLERANCE[precision]:
+            sys.exit(f"the two attention calls disagree by {difference:.1e} in {precision}: the swap "
+                     "changed more than the kernel")
 
-    timings = {name: {"train": [], "infer": []} for name in ATTENTION}
+    timings = {row: {"train": [], "infer": []} for row in rows_wanted}
     for round_ in range(args.repeats):
-        for name, swap in ATTENTION.items():
-            with swap():
-                timings[name]["train"].append(train_seconds(initial, task, config, args.steps)[0])
-                timings[name]["infer"].append(inference_seconds(initial.eval(), images))
-            print(f"round {round_ + 1}/{args.repeats}: {name}: train {timings[name]['train'][-1]:.2f} s, "
-                  f"inference {timings[name]['infer'][-1]:.2f} s", file=sys.stderr, flush=True)
+        for precision, name in rows_wanted:
+            with ATTENTION[name]():
+                times = timings[precision, name]
+                times["train"].append(train_seconds(initial, task, config, args.steps, precision)[0])
+                times["infer"].append(inference_seconds(initial.eval(), images, precision))
+            print(f"round {round_ + 1}/{args.repeats}: {name} {precision}: train {times['train'][-1]:.2f} s, "
+                  f"inference {times['infer'][-1]:.2f} s", file=sys.stderr, flush=True)
     pictures_trained = args.steps * config.batch_size
-    rows = {name: {"train_images_per_s": pictures_trained / statistics.median(t["train"]),
-                   "inference_images_per_s": args.pictures / statistics.median(t["infer"]),
-                   "train_seconds": t["train"], "inference_seconds": t["infer"]}
-            for name, t in timings.items()}
-    reference = rows["torch sdpa"]
+    rows = {row: {"train_images_per_s": pictures_trained / statistics.median(t["train"]),
+                  "inference_images_per_s": args.pictures / statistics.median(t["infer"]),
+                  "train_seconds": t["train"], "inference_seconds": t["infer"]}
+            for row, t in timings.items()}
     parameters = sum(p.numel() for p in initial.parameters())
-    lines = [f"ViT `{args.preset}` ({parameters:,} parameters), float32, CPU, {THREADS} threads, median "
-             f"of {args.repeats}: training {args.steps} steps of {config.batch_size} pictures, "
-             f"inference {args.pictures} test pictures in batches of {INFERENCE_BATCH}.", "",
-             "| attention | training pictures/s | vs torch sdpa | inference pictures/s | vs torch sdpa |",
-             "|---|---:|---:|---:|---:|"]
-    for name, row in rows.items():
-        lines.append(f"| {name} | {row['train_images_per_s']:,.0f} | "
-                     f"{row['train_images_per_s'] / reference['train_images_per_s']:.3f}x | "
-                     f"{row['inference_images_per_s']:,.0f} | "
-                     f"{row['inference_images_per_s'] / reference['inference_images_per_s']:.3f}x |")
+    lines = [f"ViT `{args.preset}` ({parameters:,} parameters), CPU, {THREADS} threads, median of "
+             f"{args.repeats}: training {args.steps} steps of {config.batch_size} pictures, inference "
+             f"{args.pictures} test pictures in batches of {INFERENCE_BATCH}. Ratios: against torch sdpa "
+             "in the same precision, and against the same attention in float32.", "",
+             "| precision | attention | training pictures/s | vs torch sdpa | vs fp32 "
+             "| inference pictures/s | vs torch sdpa | vs fp32 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (precision, name), row in rows.items():
+        cells = [precision, name]
+        for measure in ("train_images_per_s", "inference_images_per_s"):
+            same_precision = rows[precision, "torch sdpa"][measure]
+            in_fp32 = rows.get(("fp32", name), {}).get(measure)
+            cells += [f"{row[measure]:,.0f}", f"{row[measure] / same_precision:.3f}x",
+                      "-" if in_fp32 is None else f"{row[measure] / in_fp32:.3f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"preset": args.preset, "steps": args.steps, "pictures": args.pictures,
                        "repeats": args.repeats, "threads": THREADS, "torch": torch.__version__,
                        "machine": platform.processor() or platform.machine(), "first_step_loss": first,
-                       "rows": rows}, f, indent=2)
+                       "rows": {f"{name} {precision}": row for (precision, name), row in rows.items()}},
+                      f, indent=2)
 
 
 if __name__ == "__main__":

@@ -125,8 +125,9 @@ def summary(results: dict) -> str:
 
 def cpu_cost(configs: dict, preset_name: str = "fashion-mnist", repeats: int = 5,
              steps_per_repeat: int = 10, threads: int = 2) -> dict[str, float]:
-    """Seconds per training step (forward, backward, AdamW) of each config's model and batch size
-    on this CPU, configs interleaved within each repeat; the median over ``repeats``."""
+    """Seconds per training step (forward, backward, AdamW) of each config's model, batch size and
+    precision (``bf16``) on this CPU, configs interleaved within each repeat; the median over
+    ``repeats``."""
     import torch
     import torch.nn.functional as F
 
@@ -144,13 +145,15 @@ def cpu_cost(configs: dict, preset_name: str = "fashion-mnist", repeats: int = 5
         batch = overrides.get("train", {}).get("batch_size", preset.train["batch_size"])
         optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95), device=cpu)
         images = torch.randn(batch, c.in_channels, c.image_size, c.image_size)
-        setups[name] = (model, optimizer, images, torch.randint(0, c.num_classes, (batch,)))
+        bf16 = overrides.get("train", {}).get("bf16", preset.train.get("bf16", False))
+        setups[name] = (model, optimizer, images, torch.randint(0, c.num_classes, (batch,)), bf16)
     times: dict[str, list[float]] = {name: [] for name in setups}
     for repeat in range(repeats + 1):  # the first round warms up and is not counted
-        for name, (model, optimizer, images, labels) in setups.items():
+        for name, (model, optimizer, images, labels, bf16) in setups.items():
             start = time.perf_counter()
             for _ in range(steps_per_repeat):
-                loss = F.cross_entropy(model(images), labels)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as the training loop
+                    loss = F.cross_entropy(model(images), labels)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -155,7 +155,7 @@ def test_budget_minutes_option_sets_or_clears_the_presets_time_budget(option, ex
     from attnlab.commands.train import _train_config, budget_minutes
     from attnlab.train.vit_task import VIT_TRAIN_PRESETS
 
-    args = argparse.Namespace(max_steps=None, max_minutes=None, seed=None,
+    args = argparse.Namespace(max_steps=None, max_minutes=None, seed=None, precision=None,
                               budget_minutes=None if option is None else budget_minutes(option))
     config = _train_config(VIT_TRAIN_PRESETS["fashion-mnist"].train, args)
     assert config.budget_minutes == expected

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -60,7 +61,29 @@ def _train_config(fields: dict, args: argparse.Namespace):
         fields["budget_minutes"] = None if args.budget_minutes == NO_BUDGET else args.budget_minutes
     if args.seed is not None:
         fields["seed"] = args.seed
+    if args.precision is not None:
+        fields["bf16"] = args.precision == "bf16"
     return TrainConfig(**fields)
+
+
+def _precision_for_this_machine(fields: dict, args: argparse.Namespace) -> dict:
+    """A fresh run's fields with a preset's bf16 dropped on hardware without native bf16
+    (autocast there converts in software and runs slower than fp32), with a note on stderr.
+    ``--precision`` is obeyed as given, and a resumed run keeps its checkpoint's precision."""
+    import torch
+
+    from attnlab.train.precision import bf16_is_fast
+
+    if not fields.get("bf16") or args.precision is not None:
+        return fields
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as train() picks it
+    if bf16_is_fast(device):
+        return fields
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: the preset trains in bf16, but this {device.type} has no native bf16 "
+              "(AVX-512 BF16, AMX or a bf16 GPU), where float32 is faster; training in float32 "
+              "(--precision bf16 forces bf16)", file=sys.stderr)
+    return {**fields, "bf16": False}
 
 
 def _resume_point(out_dir: Path, task: str, preset_name: str, preset_train: dict) -> tuple:
@@ -104,11 +127,12 @@ def _check_fresh(out_dir: Path) -> None:
                          "add --resume to continue that run, or give another --out")
 
 
-def _run_summary(result, first_step: int, **fields) -> dict:
-    """The ``--json`` summary of a finished run: ``fields`` (preset, losses, ...), then the steps,
-    time and files every kind of run reports."""
+def _run_summary(result, first_step: int, config, **fields) -> dict:
+    """The ``--json`` summary of a finished run: ``fields`` (preset, losses, ...), then the
+    precision, steps, time and files every kind of run reports."""
     return {
         **fields,
+        "precision": "bf16" if config.bf16 else "fp32",
         "first_step": first_step,
         "steps": result.final_step,
         "elapsed_s": result.elapsed_s,
@@ -118,10 +142,15 @@ def _run_summary(result, first_step: int, **fields) -> dict:
     }
 
 
-def _summary(result, task, preset_name: str, first_step: int) -> dict:
+def _summary(result, task, preset_name: str, first_step: int, config) -> dict:
     val_loss = result.val_loss
-    return _run_summary(result, first_step, preset=preset_name, val_loss_nats_per_token=val_loss,
+    return _run_summary(result, first_step, config, preset=preset_name, val_loss_nats_per_token=val_loss,
                         val_bits_per_char=None if val_loss is None else task.bits_per_char(val_loss))
+
+
+def _print_steps(summary: dict) -> None:
+    print(f"steps       {summary['first_step']} -> {summary['steps']} in {summary['elapsed_s']:.1f} s "
+          f"({summary['precision']})")
 
 
 def _print_files(summary: dict) -> None:
@@ -132,7 +161,7 @@ def _print_files(summary: dict) -> None:
 
 def _print_summary(summary: dict) -> None:
     print(f"preset      {summary['preset']}")
-    print(f"steps       {summary['first_step']} -> {summary['steps']} in {summary['elapsed_s']:.1f} s")
+    _print_steps(summary)
     if summary["val_loss_nats_per_token"] is not None:
         print(f"val loss    {summary['val_loss_nats_per_token']:.4f} nats/token, "
               f"{summary['val_bits_per_char']:.4f} bits/char")
@@ -146,7 +175,7 @@ def _starting_point(out_dir: Path, args: argparse.Namespace, task: str, preset) 
         tokenizer, first_step, fields, meta = _resume_point(out_dir, task, preset.name, preset.train)
     else:
         _check_fresh(out_dir)
-        tokenizer, first_step, fields, meta = None, 0, preset.train, {}
+        tokenizer, first_step, fields, meta = None, 0, _precision_for_this_machine(preset.train, args), {}
     try:
         return tokenizer, first_step, _train_config(fields, args), meta
     except ValueError as err:
@@ -184,7 +213,7 @@ def run_train_gpt(args: argparse.Namespace) -> None:
     result = _run_training(model, task, config, out_dir, args, meta)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
         return
-    summary = _summary(result, task, preset.name, first_step)
+    summary = _summary(result, task, preset.name, first_step, config)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -224,13 +253,13 @@ def run_train_translate(args: argparse.Namespace) -> None:
     result = _run_training(model, task, config, out_dir, args, meta)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    summary = _run_summary(result, first_step, preset=preset.name, arch=args.arch,
+    summary = _run_summary(result, first_step, config, preset=preset.name, arch=args.arch,
                            val_loss_nats_per_token=result.val_loss)
     if args.json:
         print(json.dumps(summary, indent=2))
         return
     print(f"preset      {preset.name} ({args.arch})")
-    print(f"steps       {first_step} -> {result.final_step} in {result.elapsed_s:.1f} s")
+    _print_steps(summary)
     if result.val_loss is not None:
         print(f"val loss    {result.val_loss:.4f} nats/target token (label-smoothed)")
     _print_files(summary)
@@ -264,14 +293,14 @@ def run_train_vit(args: argparse.Namespace) -> None:
     result = _run_training(model, task, config, out_dir, args, meta)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    summary = _run_summary(result, first_step, preset=preset.name, dataset=preset.dataset,
+    summary = _run_summary(result, first_step, config, preset=preset.name, dataset=preset.dataset,
                            val_loss=result.val_loss,
                            val_accuracy=_last_metric(result.metrics_path, "val_accuracy"))
     if args.json:
         print(json.dumps(summary, indent=2))
         return
     print(f"preset      {preset.name} ({preset.dataset})")
-    print(f"steps       {first_step} -> {result.final_step} in {result.elapsed_s:.1f} s")
+    _print_steps(summary)
     if result.val_loss is not None:
         accuracy = summary["val_accuracy"]
         shown = "" if accuracy is None else f", accuracy {100 * accuracy:.2f}%"
@@ -305,6 +334,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="continue from the latest complete checkpoint in --out")
     parser.add_argument("--seed", type=non_negative_int, default=None,
                         help="seed of the weights and the data order (default: the preset's)")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                        help="bf16: forward pass and loss under bfloat16 autocast (weights and "
+                        "optimizer stay float32), fp32: float32 throughout (default: the preset's; "
+                        "a preset's bf16 falls back to fp32 on hardware without native bf16)")
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON")
 
 
