@@ -79,7 +79,7 @@ VIT_TRAIN_PRESETS: dict[str, ViTPreset] = {
             # machine's speed swings by +-15% within an hour, and a step count sized for its slow
             # hours left minutes unused in its fast ones (6,200 steps took 16.1 min). max_steps
             # only caps a much faster machine, and the decay then ends there (12,400 steps, twice
-            # that run, reached 92.5%). bf16 autocast makes a step 1.45x faster on a CPU with
+            # that run, reached 92.5%). bf16 autocast makes a step 1.47-1.61x faster on a CPU with
             # AVX-512 BF16, so 20 minutes hold about 10,500 steps instead of 6,600; `attnlab train`
             # falls back to fp32 where bf16 is not native (attnlab.train.precision).
             train={"batch_size": 128, "lr": 1.4e-3, "min_lr": 1e-5, "warmup_steps": 300,
