@@ -3,9 +3,9 @@
 ``TrainConfig(bf16=True)`` runs the forward pass and the loss under ``torch.autocast`` in
 bfloat16 (weights, gradients and AdamW's state stay float32). Where the hardware multiplies
 bfloat16 natively this is much faster: the ViT preset trained on 1.47-1.61x as many pictures per
-second as in float32 on a 2-core AVX-512 BF16 CPU (``benchmarks/vit.py``). Where it does not, autocast still works but
-converts in software, and is slower than float32; presets that ask for bf16 fall back to float32
-there (``attnlab train`` prints a note).
+second as in float32 on a 2-core AVX-512 BF16 CPU (``benchmarks/vit.py``). Where it does not,
+autocast still works but converts in software, and is slower than float32; presets that ask for
+bf16 fall back to float32 there (``attnlab train`` prints a note).
 """
 
 from __future__ import annotations
