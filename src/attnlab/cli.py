@@ -12,7 +12,7 @@ import sys
 from attnlab.commands.common import UsageError
 
 # Order = order in `attnlab --help`.
-COMMAND_MODULES = ["explain", "demo", "generate", "train", "eval", "translate", "classify", "cost"]
+COMMAND_MODULES = ["explain", "serve", "demo", "generate", "train", "eval", "translate", "classify", "cost"]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -104,7 +104,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _new_generator(device: torch.device, seed: int | None) -> torch.Generator:
+def new_generator(device: torch.device, seed: int | None) -> torch.Generator:
     """A generator of its own, so sampling never reads or moves torch's global random state."""
     generator = torch.Generator(device=device)
     if seed is None:
@@ -194,7 +194,7 @@ def stream_ids(
         raise ValueError("the prompt has no tokens; the model needs at least one to continue")
     _check_prompt_fits(model, len(prompt_ids))
     steps = max_new_tokens
-    generator = _new_generator(_model_device(model), seed)
+    generator = new_generator(_model_device(model), seed)
     # The last new token is never fed back, so the caches need one slot less than the sequence;
     # past max_positions the model reads a sliding context without them.
     cache_len = min(len(prompt_ids) + steps - 1, model.config.max_positions)
@@ -411,7 +411,7 @@ class ChatSession:
         self.sampling = Sampling(temperature, top_k, top_p)
         # One generator for the whole conversation: each reply draws fresh numbers, and the
         # conversation as a whole is reproducible from its seed.
-        self.generator = _new_generator(_model_device(model), seed)
+        self.generator = new_generator(_model_device(model), seed)
         self.end_ids = frozenset({tokenizer.eos_token_id, *tokenizer.special_ids})
         self.reset()
 

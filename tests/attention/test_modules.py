@@ -9,6 +9,7 @@ from torch import nn
 from attnlab.attention.cache import KVCache
 from attnlab.attention.modules import MultiHeadAttention
 from attnlab.attention.positions import RotaryEmbedding
+from attnlab.attention.record import record
 
 E, H = 16, 4
 
@@ -217,13 +218,15 @@ def test_cross_attention_cache_is_filled_once_and_reused():
     _close(torch.cat([first, *rest], dim=1), module(x, context))
 
 
-def test_return_trace_output_equals_forward_output():
+def test_recorded_output_equals_forward_output():
     module = MultiHeadAttention(E, H, num_kv_heads=2, rope=True, alibi=True)
     x = torch.randn(2, 5, E)
-    out, trace = module(x, is_causal=True, return_trace=True)
+    with record(module) as recording:
+        out = module(x, is_causal=True)
     torch.testing.assert_close(out, module(x, is_causal=True))
-    assert trace.weights.shape == (2, H, 5, 5)
-    torch.testing.assert_close(trace.weights.sum(-1), torch.ones(2, H, 5))
+    (trace,) = recording.traces
+    assert trace.attention.weights.shape == (2, H, 5, 5)
+    torch.testing.assert_close(trace.attention.weights.sum(-1), torch.ones(2, H, 5))
 
 
 def test_dropout_only_in_training():

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from attnlab.attention import MultiHeadAttention, RotaryEmbedding
-from attnlab.models.trace import LayerTrace
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -72,7 +71,7 @@ class TinyConfig:
 
 
 class TinyDecoder(nn.Module):
-    """Embedding, then pre-norm causal attention layers; ``(logits, traces)`` like LlamaDecoder."""
+    """Embedding, then pre-norm causal attention layers; logits like LlamaDecoder."""
 
     is_causal = True
 
@@ -88,16 +87,11 @@ class TinyDecoder(nn.Module):
             for _ in range(config.num_layers)
         )
 
-    def forward(self, ids: torch.Tensor, *, return_traces: bool = False):
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids)
-        traces = []
-        for index, (norm, attn) in enumerate(zip(self.norms, self.attns, strict=True)):
-            h = norm(x)
-            out, trace = attn(h, is_causal=True, return_trace=True)
-            traces.append(LayerTrace(layer=index, attn_input=h, attention=trace))
-            x = x + out
-        logits = x @ self.embed.weight.T
-        return (logits, traces) if return_traces else logits
+        for norm, attn in zip(self.norms, self.attns, strict=True):
+            x = x + attn(norm(x), is_causal=True)
+        return x @ self.embed.weight.T
 
 
 class WordTokenizer:

@@ -7,7 +7,7 @@ import torch
 
 import attnlab
 import attnlab.models
-from attnlab.attention import modules
+from attnlab.attention import modules, record
 from attnlab.data.tokenizers import CharTokenizer
 from attnlab.models.gpt import GPT, GPT_PRESETS, GPTConfig, GPTPreset
 from attnlab.train.config import TrainConfig
@@ -103,7 +103,9 @@ def test_loading_a_gpt_folder_as_another_model_names_it(tmp_path):
 def test_traces_give_one_causal_record_per_layer():
     model = small_gpt()
     tokens = ids(seq=7)
-    logits, traces = model(tokens, return_traces=True)
+    with record(model) as recording:
+        logits = model(tokens)
+    traces = recording.traces
     torch.testing.assert_close(logits, model(tokens), rtol=0, atol=1e-5)
     assert [t.layer for t in traces] == list(range(L))
     for trace in traces:

@@ -5,10 +5,12 @@ import importlib.util
 import json
 import os
 import re
+from dataclasses import dataclass
 
 import pytest
 import torch
 
+from attnlab.attention import LayerTrace, record
 from attnlab.models.bert import BertConfig, BertEncoder
 from attnlab.models.pretrained import MissingPackageError
 from attnlab.models.pretrained.minilm import PACKAGE, load_minilm, minilm_folder
@@ -61,9 +63,19 @@ def hf_out(hf, batch):
                      output_attentions=True)
 
 
+@dataclass
+class Run:
+    """Our encoder's output and the attention recorded while computing it."""
+
+    last_hidden_state: torch.Tensor
+    hidden_states: list[torch.Tensor]
+    traces: list[LayerTrace]
+
+
 def run(model, batch):
-    with torch.no_grad():
-        return model(*batch, output_hidden_states=True, return_traces=True)
+    with torch.no_grad(), record(model) as recording:
+        output = model(*batch, output_hidden_states=True)
+    return Run(output.last_hidden_state, output.hidden_states, recording.traces)
 
 
 @pytest.fixture(scope="module")

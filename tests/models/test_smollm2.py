@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from attnlab.attention import record
 from attnlab.models.llama import LlamaConfig, LlamaDecoder
 from attnlab.models.pretrained import MissingPackageError, load_pretrained
 from attnlab.models.pretrained import smollm2 as smollm2_module
@@ -128,8 +129,9 @@ def test_every_layer_attention_matches_transformers(smollm2, reference_runs):
     """Traced weights of all 30 layers, and the RMSNorm output each layer's projections read."""
     ids, hf_logits, hf_attentions, hf_norms = reference_runs[-1]  # the chat prompt
     seq = ids.shape[1]
-    with torch.no_grad():
-        logits, traces = smollm2[0](ids, return_traces=True)
+    with torch.no_grad(), record(smollm2[0]) as recording:
+        logits = smollm2[0](ids)
+    traces = recording.traces
     assert [t.layer for t in traces] == list(range(30))
     assert (logits - hf_logits).abs().max().item() < 1e-3
     for trace, hf_weights, hf_norm in zip(traces, hf_attentions, hf_norms, strict=True):
@@ -149,9 +151,10 @@ def test_parity_check_catches_one_wrong_layer(smollm2, reference_runs):
     weight = model.layers[7].attn.k_proj.weight
     original = weight.detach().clone()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), record(model) as recording:
             weight.copy_(llama_cpp_permute(original, heads=3))
-            logits, traces = model(ids, return_traces=True)
+            logits = model(ids)
+        traces = recording.traces
     finally:
         with torch.no_grad():
             weight.copy_(original)

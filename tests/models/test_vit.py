@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attnlab.attention import record
 from attnlab.models.vit import ViT, ViTConfig, patchify
 
 
@@ -99,12 +100,13 @@ def test_forward_matches_float64_reference(positions, overlap, stem):
                                   num_layers=2, num_heads=4, ffn_dim=24, positions=positions,
                                   patch_overlap=overlap, stem_channels=stem))
     images = torch.randn(3, 2, 12, 12)
-    logits, traces = model(images, return_traces=True)
+    with record(model) as recording:
+        logits = model(images)
     expected, expected_weights = _reference_forward(model, images)
     assert logits.shape == (3, 5)
     torch.testing.assert_close(logits.double(), expected, rtol=1e-4, atol=1e-4)
-    for trace, weights in zip(traces, expected_weights, strict=True):
-        torch.testing.assert_close(trace.weights.double(), weights, rtol=1e-4, atol=1e-5)
+    for trace, weights in zip(recording.traces, expected_weights, strict=True):
+        torch.testing.assert_close(trace.attention.weights.double(), weights, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model(images), logits)  # the fast path agrees with the traced one
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from attnlab.attention.cache import KVCache
-from attnlab.attention.functional import AttentionTrace, attention, attention_trace
+from attnlab.attention.functional import attention
 from attnlab.attention.linear import linear_attention
 from attnlab.attention.masks import (
     combine_masks,
@@ -17,6 +17,7 @@ from attnlab.attention.masks import (
     window_mask,
 )
 from attnlab.attention.positions import RotaryEmbedding, alibi_slopes
+from attnlab.attention.record import hooked_attention
 
 
 class MultiHeadAttention(nn.Module):
@@ -49,10 +50,15 @@ class MultiHeadAttention(nn.Module):
         backend: passed to :func:`attention`.
         linear: use :func:`attnlab.attention.linear_attention` (``elu + 1`` feature map, O(seq)
             time and memory; *not* softmax attention) instead of :func:`attention`. It takes
-            ``is_causal`` but no masks, window, ALiBi, dropout, cache or trace.
+            ``is_causal`` but no masks, window, ALiBi, dropout or cache, and cannot be recorded
+            or edited.
 
     The projections are separate ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` linear layers
     (weights ``(out_features, in_features)``), so pretrained checkpoints load by name.
+
+    Recording and editing: :func:`attnlab.attention.record` and :func:`attnlab.attention.edit`
+    attach hooks to ``_attention_hooks`` for the duration of a ``with`` block; while the list is
+    empty, :meth:`forward` runs its fast path untouched.
     """
 
     def __init__(
@@ -123,6 +129,8 @@ class MultiHeadAttention(nn.Module):
         # Derived from num_heads, so kept out of state_dict (checkpoints never need it).
         slopes = alibi_slopes(num_heads) if alibi else None
         self.register_buffer("alibi_slopes", slopes, persistent=False)
+        # Hooks of the record()/edit() contexts now open on this module (see attention/record.py).
+        self._attention_hooks: list = []
 
     def _split_heads(self, t: torch.Tensor, heads: int) -> torch.Tensor:
         batch, seq, _ = t.shape
@@ -210,8 +218,7 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         cache: KVCache | None = None,
-        return_trace: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, AttentionTrace]:
+    ) -> torch.Tensor:
         """Attend from ``x`` to itself (``context=None``) or to ``context``.
 
         Args:
@@ -230,10 +237,14 @@ class MultiHeadAttention(nn.Module):
                 Self-attention appends the new keys/values and attends over everything cached;
                 RoPE and ALiBi positions continue from ``cache.length``. Cross-attention fills
                 the cache from ``context`` on the first call and reuses it afterwards.
-            return_trace: also return the :class:`AttentionTrace` (from the reference formula).
 
         Returns:
-            ``(batch, Lq, embed_dim)``, or ``(output, trace)`` with ``return_trace=True``.
+            ``(batch, Lq, embed_dim)``.
+
+        Inside :func:`attnlab.attention.record` or :func:`~attnlab.attention.edit` the head
+        outputs come from :func:`attnlab.attention.record.hooked_attention` (the same ``q``,
+        ``k``, ``v`` and arguments, plus the edits); otherwise from :func:`attention` on
+        ``backend``.
         """
         self._check_features("x", x, self.embed_dim)
         batch, q_len, _ = x.shape
@@ -242,9 +253,9 @@ class MultiHeadAttention(nn.Module):
         if self.rope is not None:
             q = self.rope(q, offset=offset)
         if self.linear:
-            if attn_mask is not None or key_padding_mask is not None or cache is not None or return_trace:
+            if attn_mask is not None or key_padding_mask is not None or cache is not None:
                 raise ValueError("linear attention supports is_causal only: no attn_mask, "
-                                 "key_padding_mask, cache or return_trace")
+                                 "key_padding_mask or cache")
             heads = linear_attention(q, k, v, is_causal=is_causal)
             return self.out_proj(heads.transpose(1, 2).reshape(batch, q_len, self.embed_dim))
 
@@ -270,14 +281,13 @@ class MultiHeadAttention(nn.Module):
             "alibi_slopes": slopes,
             "global_tokens": self.global_tokens if window is not None else 0,
         }
-        if return_trace:
-            trace = attention_trace(q, k, v, **kwargs)
-            heads = trace.output
+        if self._attention_hooks:  # a record()/edit() context is open on this module
+            heads = hooked_attention(self, x, q, k, v, offset=offset, cross=context is not None,
+                                     kwargs=kwargs)
         else:
             heads = attention(q, k, v, backend=self.backend, **kwargs)
         # (batch, heads, Lq, head_dim) -> (batch, Lq, embed_dim): heads side by side
-        out = self.out_proj(heads.transpose(1, 2).reshape(batch, q_len, self.embed_dim))
-        return (out, trace) if return_trace else out
+        return self.out_proj(heads.transpose(1, 2).reshape(batch, q_len, self.embed_dim))
 
     def extra_repr(self) -> str:
         return (

@@ -1,7 +1,7 @@
 """One traced forward pass turned into the explanation data that the page, summary and plots read.
 
 :func:`build_explanation` returns a JSON-serialisable dict (schema version 1, described in its
-docstring). Every number in it is read from the model's :class:`~attnlab.models.trace.LayerTrace`
+docstring). Every number in it is read from the model's :class:`~attnlab.attention.LayerTrace`
 records of a single float32 forward pass; nothing is recomputed here.
 """
 
@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from attnlab.attention import RotaryEmbedding
+from attnlab.attention import RotaryEmbedding, record
 from attnlab.explain.heads import choose_head
 
 SCHEMA_VERSION = 1
@@ -56,7 +56,7 @@ def round_significant(values: torch.Tensor, digits: int = SIGNIFICANT_DIGITS) ->
     return torch.round(values * up / down) * down / up
 
 
-def _readable(token: str) -> str:
+def readable_token(token: str) -> str:
     """A token's text without the leading space that marks a word start in byte-level BPE."""
     return token[1:] if token.startswith(" ") and token.strip() else token
 
@@ -68,16 +68,12 @@ def _with_gaps(rows: list[list[float]], blocked: list[list[bool]]) -> list[list[
 
 
 def _run_traced(model, ids: list[int]) -> list:
-    """The model's :class:`LayerTrace` list for one sequence of token ids.
-
-    ``BertEncoder`` returns an output object with ``.traces``; ``LlamaDecoder`` returns
-    ``(logits, traces)``.
-    """
+    """The model's :class:`LayerTrace` list (one per attention layer) for one sequence of ids."""
     device = next(model.parameters()).device
     batch = torch.tensor([ids], dtype=torch.long, device=device)  # (1, seq)
-    with torch.no_grad():
-        result = model(batch, return_traces=True)
-    return result.traces if hasattr(result, "traces") else result[1]
+    with torch.no_grad(), record(model) as recording:
+        model(batch)
+    return recording.traces
 
 
 def _check_length(n_tokens: int, model_name: str, model_limit: int, max_tokens: int, layers: int,
@@ -146,7 +142,7 @@ def build_explanation(model, tokenizer, text: str, *, model_name: str, layer: in
 
     Args:
         model: a ``BertEncoder`` or ``LlamaDecoder`` (anything with ``config``, ``is_causal`` and
-            ``forward(ids, return_traces=True)`` giving :class:`LayerTrace` records).
+            ``forward(ids)``, whose attention :func:`attnlab.attention.record` records).
         tokenizer: its tokenizer (``encode``, ``token_strings``, ``word_ids``, ``special_ids``,
             ``max_length``).
         text: the text to explain.
@@ -170,6 +166,14 @@ def build_explanation(model, tokenizer, text: str, *, model_name: str, layer: in
     Other floats keep 6 significant digits. Raises ``ValueError`` for empty text, text longer
     than the model reads or than ``max_tokens``, and a ``layer``/``head`` out of range.
     """
+    ids = check_text(model, tokenizer, text, model_name=model_name, max_tokens=max_tokens)
+    return explanation_from_traces(model, tokenizer, text, ids, _run_traced(model, ids),
+                                   model_name=model_name, layer=layer, head=head)
+
+
+def check_text(model, tokenizer, text: str, *, model_name: str, max_tokens: int | None = None) -> list[int]:
+    """``text``'s token ids, or ``ValueError`` when it is empty or longer than the model reads or
+    than ``max_tokens`` (default :func:`default_max_tokens`) allows."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text is empty; give a sentence to explain, got {text!r}")
     cfg = model.config
@@ -177,9 +181,19 @@ def build_explanation(model, tokenizer, text: str, *, model_name: str, layer: in
     if max_tokens is None:
         max_tokens = default_max_tokens(layers, heads)
     ids = tokenizer.encode(text)
-    _check_length(len(ids), model_name, tokenizer.max_length, max_tokens, layers, heads)
+    if not ids:
+        raise ValueError(f"{text!r} has no tokens {model_name} knows; give a sentence with words")
+    model_limit = getattr(tokenizer, "max_length", None) or cfg.max_positions
+    _check_length(len(ids), model_name, model_limit, max_tokens, layers, heads)
+    return ids
 
-    traces = _run_traced(model, ids)
+
+def explanation_from_traces(model, tokenizer, text: str, ids: list[int], traces: list, *,
+                            model_name: str, layer: int | None = None, head: int | None = None) -> dict:
+    """The explanation dict of :func:`build_explanation` from the :class:`LayerTrace` records of
+    one recorded forward pass of ``ids`` (``text`` tokenized), one per self-attention layer."""
+    cfg = model.config
+    layers, heads = cfg.num_layers, cfg.num_heads
     # (layers, heads, seq, seq) softmax weights, the basis of the head choice and the page
     weights = torch.stack([t.attention.weights[0] for t in traces]).float()
     word_ids = tokenizer.word_ids(ids)
@@ -210,7 +224,7 @@ def build_explanation(model, tokenizer, text: str, *, model_name: str, layer: in
             "causal": causal,
             "rope": any(isinstance(m, RotaryEmbedding) for m in model.modules()),
         },
-        "tokens": [_readable(t) for t in tokenizer.token_strings(ids)],
+        "tokens": [readable_token(t) for t in tokenizer.token_strings(ids)],
         "special": special,
         "word_ids": word_ids,
         "kv_head_of": kv_head_of,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from attnlab.attention import record
 from attnlab.explain.files import fill_template, save_figure, write_atomically
 
 
@@ -75,9 +76,11 @@ def vision_data(model: torch.nn.Module, pixels: torch.Tensor, normalization, cla
     """
     config = model.config
     inputs = normalization(pixels[None])  # (1, C, H, W)
-    logits, traces = model(inputs, return_traces=True)
+    with record(model) as recording:
+        logits = model(inputs)
     probabilities = torch.softmax(logits[0].double(), dim=-1)
-    weights = torch.stack([trace.weights[0] for trace in traces]).double()  # (layers, heads, T, T)
+    # (layers, heads, T, T)
+    weights = torch.stack([trace.attention.weights[0] for trace in recording.traces]).double()
     rollout = attention_rollout(weights)[0, 1:]
     order = probabilities.argsort(descending=True)[:top].tolist()
     return {

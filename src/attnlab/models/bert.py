@@ -20,7 +20,6 @@ from torch import nn
 from attnlab.attention import LearnedPositionalEmbedding
 from attnlab.models.blocks import PostNormEncoderBlock
 from attnlab.models.checkpoint import SafetensorsModel
-from attnlab.models.trace import LayerTrace
 
 
 @dataclass
@@ -86,12 +85,11 @@ class BertOutput:
 
     ``hidden_states``: the embeddings' output followed by every layer's output, ``num_layers + 1``
     tensors like ``last_hidden_state`` (as Hugging Face's ``output_hidden_states``), or None.
-    ``traces``: one :class:`LayerTrace` per layer, or None.
+    (Attention is recorded with :func:`attnlab.attention.record`.)
     """
 
     last_hidden_state: torch.Tensor
     hidden_states: list[torch.Tensor] | None = None
-    traces: list[LayerTrace] | None = None
 
 
 class BertEncoder(SafetensorsModel, nn.Module):
@@ -146,7 +144,6 @@ class BertEncoder(SafetensorsModel, nn.Module):
         attention_mask: torch.Tensor | None = None,
         *,
         output_hidden_states: bool = False,
-        return_traces: bool = False,
     ) -> BertOutput:
         """Encode ``input_ids`` ``(batch, seq)``.
 
@@ -162,17 +159,11 @@ class BertEncoder(SafetensorsModel, nn.Module):
         padding = None if attention_mask is None else attention_mask == 0  # (batch, seq)
 
         hidden_states = [x] if output_hidden_states else None
-        traces = [] if return_traces else None
-        for index, block in enumerate(self.layers):
-            if return_traces:
-                block_input = x
-                x, trace = block(x, padding, return_trace=True)
-                traces.append(LayerTrace(layer=index, attn_input=block_input, attention=trace))
-            else:
-                x = block(x, padding)
+        for block in self.layers:
+            x = block(x, padding)
             if output_hidden_states:
                 hidden_states.append(x)
-        return BertOutput(last_hidden_state=x, hidden_states=hidden_states, traces=traces)
+        return BertOutput(last_hidden_state=x, hidden_states=hidden_states)
 
     @torch.no_grad()
     def embed(self, sentences: str | list[str], batch_size: int = 32) -> torch.Tensor:

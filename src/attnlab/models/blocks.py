@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.attention import AttentionTrace, MultiHeadAttention
+from attnlab.attention import MultiHeadAttention
 
 
 class FeedForward(nn.Module):
@@ -53,25 +53,13 @@ class PostNormEncoderBlock(nn.Module):
         self.ffn = FeedForward(embed_dim, ffn_dim)
         self.ffn_norm = nn.LayerNorm(embed_dim, eps=eps)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None,
-        *,
-        return_trace: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, AttentionTrace]:
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(batch, seq, embed_dim)``; ``key_padding_mask`` ``(batch, seq)`` True at padding.
 
-        Returns ``(batch, seq, embed_dim)``, or ``(output, trace)`` with ``return_trace=True``
-        (the trace's queries, keys and values are projections of ``x`` itself: post-norm).
+        Returns ``(batch, seq, embed_dim)``. Post-norm: the attention reads ``x`` itself.
         """
-        attended = self.attn(x, key_padding_mask=key_padding_mask, return_trace=return_trace)
-        trace = None
-        if return_trace:
-            attended, trace = attended
-        x = self.attn_norm(x + attended)
-        x = self.ffn_norm(x + self.ffn(x))
-        return (x, trace) if return_trace else x
+        x = self.attn_norm(x + self.attn(x, key_padding_mask=key_padding_mask))
+        return self.ffn_norm(x + self.ffn(x))
 
 
 class PreNormEncoderBlock(nn.Module):
@@ -92,22 +80,10 @@ class PreNormEncoderBlock(nn.Module):
         self.ffn = FeedForward(embed_dim, ffn_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None,
-        *,
-        return_trace: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, AttentionTrace]:
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(batch, seq, embed_dim)``; ``key_padding_mask`` ``(batch, seq)`` True at padding.
 
-        Returns ``(batch, seq, embed_dim)``, or ``(output, trace)`` with ``return_trace=True``
-        (the trace's queries, keys and values are projections of ``LayerNorm(x)``).
+        Returns ``(batch, seq, embed_dim)``. Pre-norm: the attention reads ``LayerNorm(x)``.
         """
-        attended = self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask, return_trace=return_trace)
-        trace = None
-        if return_trace:
-            attended, trace = attended
-        x = x + self.dropout(attended)
-        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
-        return (x, trace) if return_trace else x
+        x = x + self.dropout(self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))

@@ -34,7 +34,6 @@ from attnlab.attention import (
 from attnlab.models.checkpoint import SafetensorsModel
 from attnlab.models.decoder import DecoderMixin
 from attnlab.models.llama import TokenEmbedding
-from attnlab.models.trace import LayerTrace
 
 POSITIONS = ("rope", "learned")
 INIT_STD = 0.02
@@ -111,20 +110,10 @@ class GPTBlock(nn.Module):
         self.mlp = MLP(config.embed_dim, config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, *, trace_layer: int | None = None
-    ) -> tuple[torch.Tensor, LayerTrace | None]:
-        """``x`` ``(batch, seq, embed_dim)`` -> ``(same shape, trace)``: with ``trace_layer`` (this
-        layer's index) the :class:`LayerTrace` of its attention, else None."""
-        h = self.attn_norm(x)
-        attended = self.attn(h, is_causal=True, cache=cache, return_trace=trace_layer is not None)
-        trace = None
-        if trace_layer is not None:
-            attended, attention = attended
-            trace = LayerTrace(layer=trace_layer, attn_input=h, attention=attention)
-        x = x + self.dropout(attended)
-        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
-        return x, trace
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """``x`` ``(batch, seq, embed_dim)`` -> same shape."""
+        x = x + self.dropout(self.attn(self.attn_norm(x), is_causal=True, cache=cache))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
 class GPT(DecoderMixin, SafetensorsModel, nn.Module):
@@ -181,16 +170,13 @@ class GPT(DecoderMixin, SafetensorsModel, nn.Module):
         input_ids: torch.Tensor,
         *,
         caches: list[KVCache] | None = None,
-        return_traces: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[LayerTrace]]:
+    ) -> torch.Tensor:
         """Next-token logits ``(batch, seq, vocab)`` for ``input_ids`` ``(batch, seq)`` (long).
 
         The decoder contract of :meth:`LlamaDecoder.forward`: with ``caches`` (from
         :meth:`new_caches`) the new tokens take the positions after the cached ones and are
-        appended; ``return_traces=True`` returns ``(logits, traces)``, one :class:`LayerTrace`
-        per layer (attention by the reference formula, ``weights`` ``(batch, heads, seq,
-        cached + seq)``). ``ValueError`` for ids that are not ``(batch, seq)`` long, more
-        positions than ``max_positions`` or more tokens than the caches hold.
+        appended. ``ValueError`` for ids that are not ``(batch, seq)`` long, more positions than
+        ``max_positions`` or more tokens than the caches hold.
         """
         self._check_inputs(input_ids, caches)
         past = 0 if caches is None else caches[0].length
@@ -198,13 +184,9 @@ class GPT(DecoderMixin, SafetensorsModel, nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(input_ids.shape[1], offset=past)  # (seq, embed_dim) broadcast
         x = self.dropout(x)
-        traces = []
         for index, layer in enumerate(self.layers):
-            x, trace = layer(x, None if caches is None else caches[index],
-                             trace_layer=index if return_traces else None)
-            traces.append(trace)
-        logits = F.linear(self.norm(x), self.embed.weight)  # (batch, seq, vocab)
-        return (logits, traces) if return_traces else logits
+            x = layer(x, None if caches is None else caches[index])
+        return F.linear(self.norm(x), self.embed.weight)  # (batch, seq, vocab)
 
 
 @dataclass

@@ -23,7 +23,6 @@ from torch import nn
 from attnlab.attention import KVCache, MultiHeadAttention, RotaryEmbedding
 from attnlab.models.checkpoint import SafetensorsModel
 from attnlab.models.decoder import DecoderMixin
-from attnlab.models.trace import LayerTrace
 
 
 @dataclass
@@ -116,20 +115,10 @@ class LlamaBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.embed_dim, config.norm_eps)
         self.ffn = SwiGLU(config.embed_dim, config.ffn_dim)
 
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, *, trace_layer: int | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, LayerTrace]:
-        """``x`` ``(batch, seq, embed_dim)`` -> same shape; with ``trace_layer`` (this layer's
-        index) also the :class:`LayerTrace` of its attention."""
-        h = self.attn_norm(x)
-        attended = self.attn(h, is_causal=True, cache=cache, return_trace=trace_layer is not None)
-        trace = None
-        if trace_layer is not None:
-            attended, attention = attended
-            trace = LayerTrace(layer=trace_layer, attn_input=h, attention=attention)
-        x = x + attended
-        x = x + self.ffn(self.ffn_norm(x))
-        return x if trace is None else (x, trace)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """``x`` ``(batch, seq, embed_dim)`` -> same shape."""
+        x = x + self.attn(self.attn_norm(x), is_causal=True, cache=cache)
+        return x + self.ffn(self.ffn_norm(x))
 
 
 class LlamaDecoder(DecoderMixin, SafetensorsModel, nn.Module):
@@ -165,19 +154,17 @@ class LlamaDecoder(DecoderMixin, SafetensorsModel, nn.Module):
         input_ids: torch.Tensor,
         *,
         caches: list[KVCache] | None = None,
-        return_traces: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[LayerTrace]]:
+    ) -> torch.Tensor:
         """Next-token logits for every position.
 
         Args:
             input_ids: ``(batch, seq)`` long token ids.
             caches: from :meth:`new_caches`; the new tokens take positions
                 ``cache.length .. cache.length + seq - 1`` and are appended to the caches.
-            return_traces: also return one :class:`LayerTrace` per layer (attention computed
-                with the reference formula; ``weights`` ``(batch, heads, seq, cached + seq)``).
 
         Returns:
-            ``(batch, seq, vocab)`` logits, or ``(logits, traces)``.
+            ``(batch, seq, vocab)`` logits. (Attention is recorded with
+            :func:`attnlab.attention.record`: one trace per layer per call.)
 
         Raises:
             ValueError: ids not ``(batch, seq)`` long, more positions than ``max_positions``,
@@ -185,15 +172,8 @@ class LlamaDecoder(DecoderMixin, SafetensorsModel, nn.Module):
         """
         self._check_inputs(input_ids, caches)
         x = self.embed(input_ids)  # (batch, seq, embed_dim)
-        traces = []
         for index, layer in enumerate(self.layers):
-            cache = None if caches is None else caches[index]
-            if return_traces:
-                x, trace = layer(x, cache, trace_layer=index)
-                traces.append(trace)
-            else:
-                x = layer(x, cache)
+            x = layer(x, None if caches is None else caches[index])
         x = self.norm(x)
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = x @ weight.T  # (batch, seq, vocab)
-        return (logits, traces) if return_traces else logits
+        return x @ weight.T  # (batch, seq, vocab)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.attention import AttentionTrace, KVCache, MultiHeadAttention, sinusoidal_positions
+from attnlab.attention import KVCache, MultiHeadAttention, record, sinusoidal_positions
 from attnlab.models.blocks import FeedForward
 from attnlab.models.checkpoint import SafetensorsModel
 from attnlab.models.llama import TokenEmbedding
@@ -139,23 +139,17 @@ class DecoderBlock(nn.Module):
 
     def forward(
         self, x: torch.Tensor, memory: torch.Tensor, src_padding: torch.Tensor,
-        caches: tuple[KVCache, KVCache] | None = None, *, return_trace: bool = False,
-    ) -> tuple[torch.Tensor, AttentionTrace | None]:
-        """``x`` ``(batch, Lt, D)``, ``memory`` ``(batch, Ls, D)`` -> ``((batch, Lt, D), trace)``.
+        caches: tuple[KVCache, KVCache] | None = None,
+    ) -> torch.Tensor:
+        """``x`` ``(batch, Lt, D)``, ``memory`` ``(batch, Ls, D)`` -> ``(batch, Lt, D)``.
 
-        ``caches``: ``(self-attention cache, cross-attention cache)``. ``trace`` is the
-        cross-attention's :class:`AttentionTrace` with ``return_trace``, else None.
+        ``caches``: ``(self-attention cache, cross-attention cache)``.
         """
         self_cache, cross_cache = caches if caches is not None else (None, None)
         x = x + self.dropout(self.self_attn(self.self_norm(x), is_causal=True, cache=self_cache))
-        attended = self.cross_attn(self.cross_norm(x), memory, key_padding_mask=src_padding,
-                                   cache=cross_cache, return_trace=return_trace)
-        trace = None
-        if return_trace:
-            attended, trace = attended
-        x = x + self.dropout(attended)
-        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
-        return x, trace
+        x = x + self.dropout(self.cross_attn(self.cross_norm(x), memory, key_padding_mask=src_padding,
+                                             cache=cross_cache))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
 @dataclass
@@ -239,25 +233,19 @@ class Seq2SeqTransformer(SafetensorsModel, nn.Module):
 
     def decode(
         self, tgt_ids: torch.Tensor, memory: torch.Tensor, src_padding: torch.Tensor, *,
-        caches: list[tuple[KVCache, KVCache]] | None = None, return_traces: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[AttentionTrace]]:
+        caches: list[tuple[KVCache, KVCache]] | None = None,
+    ) -> torch.Tensor:
         """Next-token logits ``(batch, Lt, vocab)`` for ``tgt_ids`` ``(batch, Lt)``.
 
         ``memory`` ``(batch, Ls, D)`` from :meth:`encode`; ``src_padding`` ``(batch, Ls)``. With
         ``caches`` (from :meth:`new_decoder_caches`) the tokens continue after the cached ones.
-        ``return_traces``: also return each layer's cross-attention :class:`AttentionTrace`
-        (``weights`` ``(batch, heads, Lt, Ls)``).
         """
         offset = 0 if caches is None else caches[0][0].length
         x = self._embed(tgt_ids, offset)
-        traces = []
         for index, block in enumerate(self.decoder):
-            x, trace = block(x, memory, src_padding, None if caches is None else caches[index],
-                             return_trace=return_traces)
-            traces.append(trace)
+            x = block(x, memory, src_padding, None if caches is None else caches[index])
         x = self.decoder_norm(x)
-        logits = x @ self.embed.weight.T if self.lm_head is None else self.lm_head(x)
-        return (logits, traces) if return_traces else logits
+        return x @ self.embed.weight.T if self.lm_head is None else self.lm_head(x)
 
     def forward(self, src_ids: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits ``(batch, Lt, vocab)``: ``tgt_in`` is the target after BOS shifted in."""
@@ -280,8 +268,10 @@ class Seq2SeqTransformer(SafetensorsModel, nn.Module):
                              f"and {tuple(tgt_in.shape)}")
         src, tgt = src_ids[None], tgt_in[None]
         src_padding = self.source_padding(src)
-        _, traces = self.decode(tgt, self.encode(src, src_padding), src_padding, return_traces=True)
-        return torch.stack([trace.weights[0] for trace in traces])
+        memory = self.encode(src, src_padding)
+        with record(self, modules=lambda name, _: name.endswith(".cross_attn")) as recording:
+            self.decode(tgt, memory, src_padding)
+        return torch.stack([trace.attention.weights[0] for trace in recording.traces])
 
     @torch.no_grad()
     def start_decoding(self, src_ids: torch.Tensor, max_len: int) -> DecoderState:

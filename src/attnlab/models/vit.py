@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.attention import AttentionTrace, sinusoidal_positions_2d
+from attnlab.attention import record, sinusoidal_positions_2d
 from attnlab.models.blocks import PreNormEncoderBlock
 from attnlab.models.checkpoint import SafetensorsModel
 
@@ -195,21 +195,12 @@ class ViT(SafetensorsModel, nn.Module):
         positions = self.position_table(device=x.device, dtype=x.dtype)
         return self.dropout(torch.cat([cls, x], dim=1) + positions)
 
-    def forward(
-        self, images: torch.Tensor, *, return_traces: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[AttentionTrace]]:
-        """Class logits ``(batch, num_classes)``; with ``return_traces``, also every layer's
-        :class:`AttentionTrace` (``weights`` ``(batch, heads, 1 + N, 1 + N)``, token 0 = class)."""
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(batch, num_classes)`` for ``images`` ``(batch, C, H, W)``."""
         x = self.embed(images)
-        traces = []
         for block in self.blocks:
-            if return_traces:
-                x, trace = block(x, return_trace=True)
-                traces.append(trace)
-            else:
-                x = block(x)
-        logits = self.head(self.norm(x[:, 0]))
-        return (logits, traces) if return_traces else logits
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, *,
              label_smoothing: float = 0.0) -> torch.Tensor:
@@ -223,7 +214,8 @@ class ViT(SafetensorsModel, nn.Module):
         was_training = self.training
         self.eval()
         try:
-            _, traces = self(images, return_traces=True)
+            with record(self) as recording:
+                self(images)
         finally:
             self.train(was_training)
-        return torch.stack([trace.weights for trace in traces])
+        return torch.stack([trace.attention.weights for trace in recording.traces])

@@ -1,12 +1,28 @@
 /* attnlab explain: draws the page from the embedded explanation data (schema version 1).
- * Plain JavaScript, no libraries, no network: everything is drawn with SVG and canvas. */
+ * Plain JavaScript, no libraries, no network: everything is drawn with SVG and canvas.
+ *
+ * The same code draws again and again: window.attnlabExplain.show(data, options) (re)renders
+ * the header tokens, walkthrough, head view, all-heads view and cost for a new explanation.
+ * The static page calls it once with its embedded JSON (the element "attnlab-data"); the live page of
+ * `attnlab serve` calls it for every answer of its server. options:
+ *   keep     (default true) keep the chosen layer, head and word when they still exist
+ *            (the word only when the tokens are the same; the head only when the reader chose it)
+ *   hide     token positions hidden from every query (a what-if): their keys are drawn as hidden
+ *   headsOff [[layer, head], ...] heads switched off (a what-if): marked as such
+ *   compare  another explanation of the same tokens (the original of a what-if): the softmax
+ *            table gets a column with its shares, and changed rows are marked
+ *   compareLabel  the name of that column's run ("before")
+ * A change of layer, head or word fires the event "attnlab:select" on document, with
+ * detail {layer, head, token}. */
 (function () {
   "use strict";
 
-  const data = JSON.parse(document.getElementById("attnlab-data").textContent);
-  const model = data.model;
-  const tokens = data.tokens;
-  const n = tokens.length;
+  let data = null;
+  let model = null;
+  let tokens = [];
+  let n = 0;
+  let options = {hide: [], headsOff: [], compare: null, compareLabel: "before"};
+  let wired = false;
   const SVG_NS = "http://www.w3.org/2000/svg";
   // The head view draws no line for shares below 1%: they would only be noise.
   const HV_MIN_WEIGHT = 0.01;
@@ -20,9 +36,10 @@
   const HEAT_STOPS = [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
 
   const state = {
-    layer: data.selected.layer,
-    head: data.selected.head,
+    layer: 0,
+    head: 0,
     token: 0,
+    chosen: false,      // whether the reader picked the layer and head (kept for a new text)
     key: null,          // the key whose dot product the walkthrough writes out
     pinned: null,       // head view: {side: "left"|"right", index} kept highlighted after a tap
     allHeads: false,
@@ -104,9 +121,12 @@
   }
 
   function tokenText(i) {
-    const t = tokens[i];
+    return visibleText(tokens[i]);
+  }
+
+  /** A token's text with its invisible characters made visible: a space as ␣, a line break as ⏎. */
+  function visibleText(t) {
     if (t === "") return "∅";
-    // Make invisible characters visible: a space as ␣, a line break as ⏎.
     return t.replace(/\n/g, "⏎").replace(/\t/g, "⇥").replace(/^ +| +$/g, (m) => "␣".repeat(m.length));
   }
 
@@ -133,9 +153,27 @@
     return "rgb(" + c.join(",") + ")";
   }
 
-  /** Whether key ``k`` is hidden from query ``q`` (decoder future): the data stores null there. */
+  /** Whether key ``k`` is hidden from query ``q``: the decoder's future (the data stores null
+   * there) or a word hidden by a what-if. */
   function hidden(layer, head, q, k) {
-    return data.walkthrough[layer][head].scaled[q][k] === null;
+    return data.walkthrough[layer][head].scaled[q][k] === null || options.hide.includes(k);
+  }
+
+  /** Why key ``k`` is hidden from query ``q``, in a few words ("comes later", "you hid it"). */
+  function hiddenWhy(q, k) {
+    return options.hide.includes(k) && !(model.causal && k > q) ? "you hid it" : "comes later";
+  }
+
+  function isOff(layer, head) {
+    return options.headsOff.some(([l, h]) => l === layer && h === head);
+  }
+
+  /** The compared explanation's weights for query ``q`` in the current head, or null. */
+  function comparedWeights(q) {
+    const other = options.compare;
+    if (!other || other.tokens.length !== n || other.model.num_layers !== model.num_layers ||
+        other.model.num_heads !== model.num_heads) return null;
+    return other.attention[state.layer][state.head][q];
   }
 
   function weightsOf(layer, head, q) {
@@ -168,27 +206,40 @@
 
   /* ---------- header ---------- */
 
+  /** The element ``id`` emptied, or null when this page has none (the live page has no title). */
+  function cleared(id) {
+    const node = document.getElementById(id);
+    if (node) node.textContent = "";
+    return node;
+  }
+
   function renderHeader() {
-    document.getElementById("page-title").textContent = "How " + model.title + " reads your sentence";
-    document.getElementById("sentence").textContent = data.text;
+    const title = cleared("page-title");
+    if (title) title.textContent = "How " + model.title + " reads your sentence";
+    const sentence = cleared("sentence");
+    if (sentence) sentence.textContent = data.text;
     const attentionCount = model.num_layers * model.num_heads;
-    append(document.getElementById("model-line"), [
+    append(cleared("model-line"), [
       el("strong", {text: model.title}), ": " + model.description + " It is built from ",
       String(model.num_layers), " ", glossary("layers", "layer"), " stacked one after the other, and each layer has ",
       String(model.num_heads), " ", glossary("heads", "head"), " that each do attention in their own way: ",
       "attention happens " + model.num_layers + " × " + model.num_heads + " = " + attentionCount + " times for your sentence.",
     ]);
     const specials = data.special.filter(Boolean).length;
-    append(document.getElementById("tokens-line"), [
+    append(cleared("tokens-line"), [
       "First the model cuts your sentence into " + n + " ", glossary("tokens", "token"),
       ": whole words, pieces of words and punctuation. ",
       specials ? "The grey, dashed ones are markers the model adds itself; they are not part of your text. " : "",
       "The small number on each is its position, counted from 0.",
     ]);
-    const strip = document.getElementById("token-strip");
-    tokens.forEach((_, i) => strip.append(el("span", {class: "chip" + (data.special[i] ? " special" : "")},
-      [el("span", {class: "idx", text: String(i)}), tokenText(i)])));
-    document.getElementById("causal-note").hidden = !model.causal;
+    const strip = cleared("token-strip");
+    if (strip) {
+      tokens.forEach((_, i) => strip.append(el("span", {class: "chip" + (data.special[i] ? " special" : "") +
+                                                        (options.hide.includes(i) ? " gone" : ""), "data-token": i},
+        [el("span", {class: "idx", text: String(i)}), tokenText(i)])));
+    }
+    const causal = document.getElementById("causal-note");
+    if (causal) causal.hidden = !model.causal;
   }
 
   /* ---------- shared controls ---------- */
@@ -197,22 +248,29 @@
     for (const menu of document.querySelectorAll("select[data-select]")) {
       const isLayer = menu.dataset.select === "layer";
       const size = isLayer ? model.num_layers : model.num_heads;
+      menu.textContent = "";
       for (let i = 0; i < size; i++) {
         let label = (isLayer ? "layer " : "head ") + i;
         if (isLayer && i === 0) label += " (first)";
         if (isLayer && i === size - 1) label += " (last)";
         menu.append(el("option", {value: String(i), text: label}));
       }
-      menu.addEventListener("change", () => select({[menu.dataset.select]: Number(menu.value)}));
     }
   }
 
   function select(change) {
     Object.assign(state, change);
+    if ("layer" in change || "head" in change) {
+      state.chosen = true;
+      state.pinned = null;
+    }
     // A new word, layer or head starts again from the word's strongest link.
     if (!("key" in change)) state.key = null;
-    if ("layer" in change || "head" in change) state.pinned = null;
     render();
+    if (!("key" in change)) {
+      document.dispatchEvent(new CustomEvent("attnlab:select",
+        {detail: {layer: state.layer, head: state.head, token: state.token}}));
+    }
   }
 
   function render() {
@@ -384,7 +442,8 @@
                    " (pick another word in the table of step 5 to see its sum):"]),
       el("div", {class: "formula", id: "wt-dot"}, rows),
       el("p", {}, ["The same is done with the key of every word: " + seen + " scores for ", tok(q), ". ",
-                   seen < n ? "The " + (n - seen) + " words after it are skipped: they are hidden from it (they come later)." : ""]),
+                   seen < n ? "The other " + (n - seen) + " are skipped: those words are hidden from it (" +
+                              (options.hide.length ? "you hid them, or they come later" : "they come later") + ")." : ""]),
     ]);
   }
 
@@ -416,12 +475,13 @@
   function stepSoftmax(q, wt, weights, top) {
     const k = state.key;
     const scaled = wt.scaled[q];
-    const visibleKeys = scaled.map((s, j) => j).filter((j) => scaled[j] !== null);
-    const exps = scaled.map((s) => (s === null ? 0 : Math.exp(s)));
+    const seen = (j) => !hidden(state.layer, state.head, q, j);
+    const visibleKeys = scaled.map((s, j) => j).filter(seen);
+    const exps = scaled.map((s, j) => (seen(j) ? Math.exp(s) : 0));
     const total = exps.reduce((a, b) => a + b, 0);
     // The model's own weights must be softmax(scaled): recompute them stably and compare.
     const biggest = Math.max(...visibleKeys.map((j) => scaled[j]));
-    const stable = scaled.map((s) => (s === null ? 0 : Math.exp(s - biggest)));
+    const stable = scaled.map((s, j) => (seen(j) ? Math.exp(s - biggest) : 0));
     const stableTotal = stable.reduce((a, b) => a + b, 0);
     let worst = 0;
     stable.forEach((e, j) => { worst = Math.max(worst, Math.abs(e / stableTotal - weights[j])); });
@@ -470,31 +530,41 @@
   }
 
   function softmaxTable(q, wt, weights, sumShown) {
-    const head = el("tr", {}, [el("th", {text: "word"}), el("th", {}, ["score", el("br"), "step 3"]),
+    const before = comparedWeights(q);
+    const head = el("tr", {}, [el("th", {}, ["word it", el("br"), "looks at"]), el("th", {}, ["score", el("br"), "step 3"]),
                                el("th", {}, ["÷ √" + model.head_dim, el("br"), "step 4"]),
+                               before ? el("th", {class: "before", text: options.compareLabel}) : null,
                                el("th", {}, ["share", el("br"), "step 5"])]);
     const rows = tokens.map((_, j) => {
-      const isHidden = wt.scaled[q][j] === null;
-      const classes = [isHidden ? "hidden-row" : "pick", j === state.key ? "current" : "", j === q ? "self" : ""];
+      const isHidden = hidden(state.layer, state.head, q, j);
+      const changed = before && Math.abs(before[j] - weights[j]) >= 0.005;
+      const classes = [isHidden ? "hidden-row" : "pick", j === state.key ? "current" : "", j === q ? "self" : "",
+                       changed ? "changed" : ""];
+      const why = isHidden ? hiddenWhy(q, j) : "";
       const share = isHidden
-        ? el("span", {class: "hidden-tag", title: "hidden from this word: it comes later"},
-             [el("span", {class: "swatch hidden-swatch", "aria-hidden": "true"}), " comes later"])
+        ? el("span", {class: "hidden-tag", title: "hidden from this word: " + why},
+             [el("span", {class: "swatch hidden-swatch", "aria-hidden": "true"}), " " + why])
         : el("span", {class: "bar-box"}, [
           el("span", {class: "track"}, el("span", {class: "fill", style: "width:" + (weights[j] * 100) + "%"})),
           el("span", {class: "pct", text: pct(weights[j])})]);
+      const beforeCell = before ? el("td", {class: "n before", "data-before": before[j], text: pct(before[j])}) : null;
       return el("tr", {class: classes.join(" ").trim(), "data-key": j, "data-weight": weights[j],
                        tabindex: isHidden ? null : "0", title: isHidden ? null : "write out the sum for this word",
                        onclick: isHidden ? null : () => select({key: j}),
                        onkeydown: isHidden ? null : (event) => {
                          if (event.key === "Enter" || event.key === " ") { event.preventDefault(); select({key: j}); }
                        }},
-        [el("td", {}, tok(j)), el("td", {class: "n", text: fmt(wt.scores[q][j])}),
-         el("td", {class: "n", text: fmt(wt.scaled[q][j])}), el("td", {class: "bar-cell"}, share)]);
+        [el("td", {}, tok(j)), el("td", {class: "n", text: fmt(isHidden ? null : wt.scores[q][j])}),
+         el("td", {class: "n", text: fmt(isHidden ? null : wt.scaled[q][j])}), beforeCell,
+         el("td", {class: "bar-cell"}, share)]);
     });
-    const foot = el("tr", {}, [el("td", {text: "total"}), el("td"), el("td"),
+    const foot = el("tr", {}, [el("td", {text: "total"}), el("td"), el("td"), before ? el("td") : null,
                                el("td", {class: "pct", id: "wt-sum", "data-value": sumShown, text: pct(sumShown)})]);
     return el("div", {class: "table-wrap"}, el("table", {class: "nums", id: "wt-table"}, [
-      el("caption", {class: "hint", text: "Click a row to write out its sum in steps 3 to 5."}),
+      el("caption", {class: "hint", text: "Each row is a word that " + tokenText(q) + " (the word looking) looks at. " +
+                                          (before ? "The “" + options.compareLabel + "” column is the share before your " +
+                                                    "what-if; changed rows are marked. " : "") +
+                                          "Click a row to write out its sum in steps 3 to 5."}),
       el("thead", {}, head), el("tbody", {}, rows), el("tfoot", {}, foot)]));
   }
 
@@ -508,7 +578,9 @@
     const expected = wt.output[q];
     let worst = 0;
     computed.forEach((c, d) => { worst = Math.max(worst, Math.abs(c - expected[d]) / (1 + Math.abs(expected[d]))); });
-    if (worst > WEIGHT_TOLERANCE) reportProblem("the blended values differ from the model's output by " + worst.toFixed(6));
+    // A head switched off by a what-if still computes its blend; the model then throws it away.
+    const off = isOff(state.layer, state.head) && expected.every((x) => x === 0);
+    if (worst > WEIGHT_TOLERANCE && !off) reportProblem("the blended values differ from the model's output by " + worst.toFixed(6));
 
     const order = weights.map((w, j) => j).sort((a, b) => weights[b] - weights[a]);
     const listed = order.filter((j, rank) => rank < 6 && weights[j] >= 0.01);
@@ -537,9 +609,12 @@
       el("div", {class: "formula"}, [
         el("div", {}, "first number:  " + sumTerms.join(" + ") + (others > 0 ? " + … (" + others + " more)" : "")),
         el("div", {class: "total"}, "= " + fmt(computed[0]))]),
-      el("p", {id: "wt-output-check", class: worst > WEIGHT_TOLERANCE ? "check-bad" : "check-ok"},
-         worst > WEIGHT_TOLERANCE ? "✗ This sum does not match the model's output."
-           : "✓ The same as the output the model computed (" + expected.slice(0, dims).map((x) => fmt(x)).join(", ") + ")."),
+      off ? el("p", {id: "wt-output-check", class: "check-ok note"},
+               "This head is switched off in your what-if: the model computes this blend, then replaces it with zeros, " +
+               "so it adds nothing to the word.")
+        : el("p", {id: "wt-output-check", class: worst > WEIGHT_TOLERANCE ? "check-bad" : "check-ok"},
+             worst > WEIGHT_TOLERANCE ? "✗ This sum does not match the model's output."
+               : "✓ The same as the output the model computed (" + expected.slice(0, dims).map((x) => fmt(x)).join(", ") + ")."),
     ]);
   }
 
@@ -548,11 +623,15 @@
     if (model.kind === "decoder") ending = "the model uses the numbers of the last token to guess which token should come next.";
     if (model.name === "minilm") ending += " This model then averages them into one list of numbers for the whole sentence.";
     return step(7, "What happens next", [
-      el("p", {}, "All " + model.num_heads + " heads of this layer do the same at the same time, each with its own tables, " +
-                  "so each notices different links. Their outputs (" + model.num_heads + " × " + model.head_dim + " = " +
-                  model.num_heads * model.head_dim + " numbers) are put side by side, mixed once more, and added to the " +
-                  "word's numbers from step 1. The next layer starts again from these updated numbers. After all " +
-                  model.num_layers + " layers, " + ending),
+      el("p", {id: "wt-projection"}, [
+        "All " + model.num_heads + " heads of this layer do the same at the same time, each with its own tables, " +
+        "so each notices different links. Their outputs (" + model.num_heads + " × " + model.head_dim + " = " +
+        model.num_heads * model.head_dim + " numbers) are put side by side and mixed once more by one more " +
+        "learned table, the ", el("strong", {text: "output projection"}), ": it lets the heads' findings be " +
+        "combined (one head found the subject, another the verb) and turns them back into a list of " +
+        model.embed_dim + " numbers, the size of the word's own. That list is added to the word's numbers " +
+        "from step 1 (the ", glossary("residual stream", "residual"), "). The next layer starts again from " +
+        "these updated numbers. After all " + model.num_layers + " layers, " + ending]),
     ]);
   }
 
@@ -655,7 +734,8 @@
       const label = row.querySelector(".pct");
       if (hidden(state.layer, state.head, q, k)) {
         row.classList.add("future");
-        append(label, [el("span", {class: "swatch hidden-swatch", "aria-hidden": "true"}), " later"]);
+        append(label, [el("span", {class: "swatch hidden-swatch", "aria-hidden": "true"}),
+                       hiddenWhy(q, k) === "comes later" ? " later" : " hidden"]);
       } else {
         label.textContent = pct(data.attention[state.layer][state.head][q][k]);
       }
@@ -668,21 +748,27 @@
     return (x + y) % 4 === 0;
   }
 
-  /** Paint one head's weights into a canvas, ``cell`` pixels per square; hidden squares hatched. */
-  function paintThumb(canvas, layer, head) {
-    const cell = Math.max(1, Math.ceil(48 / n));
-    const size = n * cell;
+  /** Paint one head's weights into a canvas, ``cell`` pixels per square; hidden squares hatched.
+   * ``source`` (default: the explanation shown) and its hidden words ``hide`` may be another
+   * explanation, such as the original of a what-if. */
+  function paintThumb(canvas, layer, head, source, hide) {
+    source = source || data;
+    hide = source === data ? options.hide : (hide || []);
+    const count = source.tokens.length;
+    const cell = Math.max(1, Math.ceil(48 / count));
+    const size = count * cell;
     canvas.width = size;
     canvas.height = size;
     const ctx = canvas.getContext("2d");
     const image = ctx.createImageData(size, size);
-    const weights = data.attention[layer][head];
+    const weights = source.attention[layer][head];
+    const scaled = source.walkthrough[layer][head].scaled;
     for (let y = 0; y < size; y++) {
       const q = Math.floor(y / cell);
       for (let x = 0; x < size; x++) {
         const k = Math.floor(x / cell);
         let colour;
-        if (hidden(layer, head, q, k)) colour = hatchPixel(x, y) ? [170, 170, 170] : [228, 228, 228];
+        if (scaled[q][k] === null || hide.includes(k)) colour = hatchPixel(x, y) ? [170, 170, 170] : [228, 228, 228];
         else colour = heat(weights[q][k]);
         const o = (y * size + x) * 4;
         image.data[o] = colour[0];
@@ -697,7 +783,7 @@
   function renderModelView() {
     const groups = Math.max(...data.kv_head_of) + 1;
     const grouped = groups < model.num_heads;
-    const intro = document.getElementById("mv-intro");
+    const intro = cleared("mv-intro");
     append(intro, [
       "Every small square is one head: " + model.num_layers + " layers (rows) × " + model.num_heads +
       " heads (columns). Inside it, each row is a word looking and each column a word it looks at; darker means a ",
@@ -707,8 +793,8 @@
       grouped ? " Heads are grouped by the keys and values they share: the heads under one green bracket ask their own " +
                 "questions but use the same labels and information." : " In this model every head has its own keys and values.",
     ]);
-    fillLegend(document.getElementById("mv-legend"));
-    const grid = document.getElementById("mv-grid");
+    fillLegend(cleared("mv-legend"));
+    const grid = cleared("mv-grid");
     grid.style.gridTemplateColumns = "auto repeat(" + model.num_heads + ", var(--thumb))";
     const groupStart = (h) => grouped && h > 0 && data.kv_head_of[h] !== data.kv_head_of[h - 1];
     if (grouped) {
@@ -729,9 +815,12 @@
       for (let head = 0; head < model.num_heads; head++) {
         const canvas = el("canvas");
         paintThumb(canvas, layer, head);
-        grid.append(el("button", {type: "button", class: "thumb" + (groupStart(head) ? " group-start" : ""),
-                                  "data-layer": layer, "data-head": head,
-                                  "aria-label": "layer " + layer + ", head " + head + ": open large",
+        const off = isOff(layer, head);
+        grid.append(el("button", {type: "button", class: "thumb" + (groupStart(head) ? " group-start" : "") +
+                                                         (off ? " off" : ""),
+                                  "data-layer": layer, "data-head": head, "data-off": off ? "true" : null,
+                                  "aria-label": "layer " + layer + ", head " + head + (off ? " (switched off)" : "") +
+                                                ": open large",
                                   title: "layer " + layer + ", head " + head,
                                   onclick: () => { select({layer: layer, head: head}); openZoom(); }}, canvas));
       }
@@ -937,7 +1026,7 @@
   function renderCost() {
     const cost = data.cost;
     const heads = model.num_layers * model.num_heads;
-    const box = document.getElementById("cost-text");
+    const box = cleared("cost-text");
     const row = (label, tokenCount, total) => el("tr", {}, [
       el("td", {text: label}), el("td", {class: "n", text: count(tokenCount)}),
       el("td", {class: "n", "data-value": total}, [count(total),
@@ -967,27 +1056,80 @@
 
   /* ---------- start ---------- */
 
-  function start() {
-    renderHeader();
-    fillSelectors();
+  /** Listeners that outlive one explanation: attached once. */
+  function wire() {
+    for (const menu of document.querySelectorAll("select[data-select]")) {
+      menu.addEventListener("change", () => select({[menu.dataset.select]: Number(menu.value)}));
+    }
     document.getElementById("hv-all").addEventListener("change", () => { state.pinned = null; renderHeadView(); });
-    state.token = defaultToken();
-    renderModelView();
     wireZoom();
-    renderCost();
-    render();
     let resizeTimer = null;
     window.addEventListener("resize", () => {
       clearTimeout(resizeTimer);
-      resizeTimer = setTimeout(sizeThumbs, 100);
+      resizeTimer = setTimeout(() => { if (data) sizeThumbs(); }, 100);
     });
-    document.body.dataset.ready = "true";
   }
 
-  try {
-    start();
-  } catch (error) {
-    reportProblem("the page could not be drawn (" + error.message + ")");
-    throw error;
+  /** Draw (or draw again) every section for the explanation ``next`` (see the top of this file). */
+  function show(next, opts) {
+    opts = opts || {};
+    const previous = data;
+    const sameModel = Boolean(previous) && previous.model.name === next.model.name &&
+      previous.model.num_layers === next.model.num_layers && previous.model.num_heads === next.model.num_heads;
+    const sameTokens = sameModel && previous.tokens.length === next.tokens.length &&
+      previous.tokens.every((t, i) => t === next.tokens[i]);
+    const keep = opts.keep !== false;
+    data = next;
+    model = data.model;
+    tokens = data.tokens;
+    n = tokens.length;
+    options = {hide: opts.hide || [], headsOff: opts.headsOff || [], compare: opts.compare || null,
+               compareLabel: opts.compareLabel || "before"};
+    if (!wired) {
+      wire();
+      wired = true;
+    }
+    const zoomDialog = document.getElementById("zoom");
+    if (zoomDialog.open) zoomDialog.close();
+    document.getElementById("page-error").hidden = true;
+    if (!(keep && sameModel && (sameTokens || state.chosen))) {
+      state.layer = data.selected.layer;
+      state.head = data.selected.head;
+      state.chosen = false;
+    }
+    if (!(keep && sameTokens && state.token < n)) state.token = defaultToken();
+    state.key = null;
+    state.pinned = null;
+    renderHeader();
+    fillSelectors();
+    renderModelView();
+    renderCost();
+    render();
+  }
+
+  window.attnlabExplain = {
+    show: show,
+    /** Choose a layer, head or word ({layer, head, token}) as the reader would. */
+    select: (change) => select(change),
+    /** {layer, head, token} shown now. */
+    current: () => ({layer: state.layer, head: state.head, token: state.token}),
+    /** Paint head (layer, head) of explanation ``source`` into ``canvas`` as the all-heads view does. */
+    paintHeatmap: (canvas, source, layer, head, hide) => paintThumb(canvas, layer, head, source, hide || []),
+    /** A token's text as the page writes it (a space as ␣, a line break as ⏎). */
+    visibleText: visibleText,
+    /** The page's own small helpers, for the live page: el(tag, attrs, children) builds an
+     * element, fmt/pct/count write numbers, heat(w) is the heatmaps' colour of a share. */
+    helpers: {el: el, fmt: fmt, pct: pct, count: count, heat: heat, sci: sci},
+  };
+
+  const embedded = document.getElementById("attnlab-data");
+  if (embedded) {
+    try {
+      show(JSON.parse(embedded.textContent));
+      document.body.dataset.ready = "true";
+    } catch (error) {
+      reportProblem("the page could not be drawn (" + error.message + ")");
+      throw error;
+    }
   }
 })();

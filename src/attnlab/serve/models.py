@@ -1,0 +1,64 @@
+"""The models an explorer serves, loaded once at start from names and checkpoint folders that
+the command line gives (never from anything a browser sends)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnlab.explain.collect import MODEL_TEXT
+from attnlab.serve.app import ServedModel
+
+EXAMPLES = {
+    "encoder": "The animal didn't cross the street because it was too tired.",
+    "decoder": "The capital of France is",
+}
+
+
+class LoadError(ValueError):
+    """A model or checkpoint that cannot be served: one line naming it and why."""
+
+
+def load_named(name: str) -> ServedModel:
+    """A pretrained model by name (see :func:`attnlab.models.load_pretrained`)."""
+    from attnlab.models.pretrained import MissingPackageError, load_pretrained
+
+    try:
+        model, tokenizer = load_pretrained(name)
+    except (MissingPackageError, ValueError, OSError) as err:
+        raise LoadError(f"--model {name}: {err}") from None
+    title, description = MODEL_TEXT.get(name, (name, ""))
+    kind = "decoder" if model.is_causal else "encoder"
+    if not description:
+        description = (f"A {kind} with {model.config.num_layers} layers of "
+                       f"{model.config.num_heads} heads.")
+    return ServedModel(id=name, title=title, description=description, model=model,
+                       tokenizer=tokenizer, example=EXAMPLES[kind])
+
+
+def load_gpt(folder: str | Path, taken: set[str]) -> ServedModel:
+    """A GPT trained with ``attnlab train gpt`` (a checkpoint or a run's ``--out`` folder)."""
+    from attnlab.models.gpt import GPT
+    from attnlab.train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        loaded = load_checkpoint(folder, model_class=GPT)
+    except (CheckpointError, OSError, ValueError) as err:
+        raise LoadError(f"--checkpoint {folder}: {err}") from None
+    if loaded.tokenizer is None:
+        raise LoadError(f"--checkpoint {folder}: {loaded.folder} has no tokenizer beside its GPT")
+    base = "gpt-" + (Path(folder).resolve().name or "checkpoint")
+    name, number = base, 2
+    while name in taken:
+        name, number = f"{base}-{number}", number + 1
+    cfg = loaded.model.config
+    description = (f"Your own GPT, trained with attnlab ({cfg.num_layers} layers x {cfg.num_heads} "
+                   f"heads, {loaded.step:,} steps, reads {cfg.max_positions} tokens at most). It "
+                   "writes text one token at a time, so each token may only look at itself and the "
+                   "tokens before it.")
+    example = "ROMEO:\nBut soft, what light"
+    try:
+        loaded.tokenizer.encode(example)
+    except ValueError:  # a character vocabulary without some of these letters
+        example = "the"
+    return ServedModel(id=name, title=f"Your GPT ({Path(folder).name})", description=description,
+                       model=loaded.model, tokenizer=loaded.tokenizer, example=example)
