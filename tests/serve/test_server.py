@@ -55,23 +55,23 @@ def test_a_post_from_another_origin_is_refused(explorer):
     body = {"model": "minilm", "text": "hello"}
     refused = post(explorer, "api/explain", body, headers={"Origin": "http://evil.example"})
     assert refused.status_code == 403
-    assert refused.json() == {"error": "requests from other web pages are refused"}
+    assert refused.json() == {"error": "Requests from other web pages are refused."}
     same = post(explorer, "api/explain", body, headers={"Origin": explorer.url.rstrip("/")})
     assert same.status_code == 200
 
 
 @pytest.mark.parametrize(("body", "status", "message"), [
     (b"not json", 400, "not valid JSON"),
-    (b"[1, 2]", 400, "must be a JSON object"),
-    (json.dumps({"model": "nope", "text": "hi"}).encode(), 400, 'unknown model "nope"'),
+    (b"[1, 2]", 400, "must be a JSON object."),
+    (json.dumps({"model": "nope", "text": "hi"}).encode(), 400, 'Unknown model "nope"'),
     (json.dumps({"model": "minilm", "text": "  "}).encode(), 400, "The text is empty"),
     (json.dumps({"model": "minilm", "text": "x" * 3000}).encode(), 400, "at most 2,000"),
-    (json.dumps({"model": "minilm", "text": "hi", "layer": 9}).encode(), 400, "layer must be from 0 to 5"),
+    (json.dumps({"model": "minilm", "text": "hi", "layer": 9}).encode(), 400, "Layer must be from 0 to 5"),
     (json.dumps({"model": "minilm", "text": "hi", "edit": {"hide": [40]}}).encode(), 400,
      "Cannot hide token 40"),
     (json.dumps({"model": "minilm", "text": "hi", "edit": {"heads_off": [[0, 12]]}}).encode(), 400,
      "There is no layer 0, head 12"),
-    (json.dumps({"model": "minilm", "text": "hi", "edit": {"drop": []}}).encode(), 400, "edit must be"),
+    (json.dumps({"model": "minilm", "text": "hi", "edit": {"drop": []}}).encode(), 400, "Edit must be"),
     (b'{"model": "minilm", "text": "' + b"a" * 20000 + b'"}', 413, "larger than 16,384 bytes"),
 ])
 def test_bad_requests_get_one_readable_sentence(explorer, body, status, message):

@@ -4,6 +4,7 @@ thread for tests and benchmarks (the same server either way)."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -54,10 +55,22 @@ class _Server(uvicorn.Server):
             self.on_ready()
 
 
-def _config(app, log_level: str, access_log: bool) -> uvicorn.Config:
+def _config(app, log_level: str) -> uvicorn.Config:
     # One worker, no reload: models live in this process. "h11" keeps the dependency small.
-    return uvicorn.Config(app, log_level=log_level, access_log=access_log, http="h11",
+    # uvicorn's access log is off: the app writes one line per request itself, with its outcome.
+    return uvicorn.Config(app, log_level=log_level, access_log=False, http="h11",
                           ws="none", lifespan="off", timeout_graceful_shutdown=3)
+
+
+def _log_requests_to_stderr() -> None:
+    """One line per request on standard error, in uvicorn's own style."""
+    logger = logging.getLogger("attnlab.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def serve_forever(models: list[ServedModel], host: str, port: int, on_ready=None,
@@ -66,7 +79,8 @@ def serve_forever(models: list[ServedModel], host: str, port: int, on_ready=None
     sock = bind(host, port)
     port = sock.getsockname()[1]
     app = create_app(models, host=host, port=port)
-    server = _Server(_config(app, log_level, True),
+    _log_requests_to_stderr()
+    server = _Server(_config(app, log_level),
                      on_ready=None if on_ready is None else lambda: on_ready(url_of(host, port)))
     try:
         server.run(sockets=[sock])
@@ -84,7 +98,7 @@ class BackgroundServer:
         self.port = self.sock.getsockname()[1]
         self.url = url_of(host, self.port)
         self.app = create_app(models, host=host, port=self.port)
-        self.server = _Server(_config(self.app, log_level, False))
+        self.server = _Server(_config(self.app, log_level))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True)
 

@@ -696,9 +696,12 @@
     const model = S.model;
     act("whatif", async (signal) => {
       status("Running the model with your change…");
-      const response = await post("/api/whatif", {model: model.id, text: S.text, layer: layer, head: head, edit: change}, signal);
+      // The page already holds the original run of this text (S.answer): the server need not send it again.
+      const response = await post("/api/whatif", {model: model.id, text: S.text, layer: layer, head: head, edit: change,
+                                                  original: false}, signal);
       const answer = await response.json();
       if (signal.aborted) return;
+      if (!answer.original) answer.original = S.answer;
       S.whatif = Object.assign(answer, {change: change});
       const off = change.heads_off.slice();
       const heads = answer.edited.explanation.model.num_heads;
