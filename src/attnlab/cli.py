@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from attnlab.commands.common import UsageError
@@ -31,7 +32,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=OneLineErrorParser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"attnlab.commands.{name}").register(sub)
+    debug_help = "show the full traceback of an unexpected error (also: ATTNLAB_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    _add_debug(sub, debug_help)
     return parser
+
+
+def _add_debug(sub: argparse._SubParsersAction, debug_help: str) -> None:
+    """``--debug`` on every (sub)command too, so ``attnlab train gpt ... --debug`` works."""
+    for command in sub.choices.values():
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            _add_debug(nested[0], debug_help)
+        else:
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help=debug_help)
+
+
+def _one_line(error: BaseException) -> str:
+    """What failed, on one line: the exception's type and message."""
+    message = " ".join(str(error).split()) or "no message"
+    return f"{type(error).__name__}: {message}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stderr.close()
         return 0
+    except Exception as err:  # anything unforeseen is still one line, unless asked for more
+        if args.debug or os.environ.get("ATTNLAB_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"attnlab {args.command}: unexpected error: {_one_line(err)} (run again with --debug, "
+              "or ATTNLAB_DEBUG=1, to see where it happened)", file=sys.stderr)
+        return 1
     return 0
 
 

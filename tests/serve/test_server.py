@@ -275,3 +275,17 @@ def test_the_command_refuses_a_busy_port_in_one_line(explorer):
     assert done.returncode == 2
     assert done.stderr.strip().startswith(f"attnlab serve: error: cannot listen on 127.0.0.1:{port}")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_your_own_gpt_is_explained_with_its_own_numbers(explorer, served_models):
+    gpt = served_models[2]
+    text = "ROMEO:\nBut soft"
+    answer = post(explorer, "api/explain", {"model": gpt.id, "text": text}).json()
+    ids = gpt.tokenizer.encode(text)
+    assert answer["explanation"]["tokens"] == gpt.tokenizer.token_strings(ids)
+    with torch.no_grad():
+        expected = gpt.model(torch.tensor([ids]))[0, -1]
+    assert torch.allclose(logits_of(answer["next"]), expected, atol=1e-5)
+    assert answer["path"]["position"] == len(ids) - 1
+    assert len(answer["path"]["layers"]) == gpt.model.config.num_layers
+    assert answer["explanation"]["model"]["title"].startswith("Your GPT")

@@ -6,9 +6,6 @@ import argparse
 import json
 import time
 
-import torch
-
-from attnlab.attention import attention, attention_trace
 from attnlab.commands.common import UsageError, positive_int
 
 TOY_WORDS = ["the", "cat", "sat", "on", "the", "mat"]
@@ -26,6 +23,11 @@ def _time_call(fn, repeats: int = 3) -> float:
 
 def run_demo(seq_len: int, heads: int, head_dim: int, seed: int) -> dict:
     """Attention on a toy sentence (every step) and on ``seq_len`` random tokens (every backend)."""
+    # Imported here, not at the top: `attnlab --help` must not wait for torch.
+    import torch
+
+    from attnlab.attention import attention, attention_trace
+
     gen = torch.Generator().manual_seed(seed)
     words = TOY_WORDS
     q, k, v = (torch.randn(1, 1, len(words), 4, generator=gen) for _ in range(3))
