@@ -66,6 +66,7 @@ def test_a_post_from_another_origin_is_refused(explorer):
     (json.dumps({"model": "nope", "text": "hi"}).encode(), 400, 'Unknown model "nope"'),
     (json.dumps({"model": "minilm", "text": "  "}).encode(), 400, "The text is empty"),
     (json.dumps({"model": "minilm", "text": "x" * 3000}).encode(), 400, "at most 2,000"),
+    (json.dumps({"model": "minilm", "text": "a" * 300}).encode(), 400, "has no words once"),
     (json.dumps({"model": "minilm", "text": "hi", "layer": 9}).encode(), 400, "Layer must be from 0 to 5"),
     (json.dumps({"model": "minilm", "text": "hi", "edit": {"hide": [40]}}).encode(), 400,
      "Cannot hide token 40"),

@@ -15,9 +15,12 @@ from attnlab.train import CheckpointError, latest_checkpoint, load_checkpoint, t
 from attnlab.train.checkpoint import (
     MANIFEST_FILE,
     OPTIMIZER_FILE,
+    STATE_FILE,
     CheckpointWarning,
+    _write_manifest,
     capture_rng,
     checkpoint_folder,
+    checkpoint_problem,
     prune_checkpoints,
     restore_training_state,
     save_checkpoint,
@@ -221,6 +224,15 @@ def test_pruning_leaves_newer_folders_of_a_crashed_run_alone(run_copy):
     assert checkpoint_folder(run_copy, 20).is_dir()
 
 
+def test_pruning_never_deletes_a_step_folder_attnlab_did_not_write(run_copy):
+    users = run_copy / "checkpoints" / "step-00000001"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    deleted = prune_checkpoints(run_copy, 1, newest=10)
+    assert users not in deleted
+    assert (users / "notes.txt").read_text() == "mine"
+
+
 def test_saving_a_step_again_replaces_its_folder(run_copy):
     config = toy_config()
     model = toy_model(seed=3)
@@ -292,3 +304,53 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path):
 def test_a_fresh_run_refuses_an_out_dir_with_checkpoints(run_copy):
     with pytest.raises(CheckpointError, match=r"already holds checkpoints .*step-00000020.*resume=True"):
         train(toy_model(), ToyTask(), toy_config(), run_copy, device="cpu")
+
+
+def _edit_json(folder, name, edit):
+    """Change JSON file ``name`` of a checkpoint and re-sign the manifest, as a clumsy hand would."""
+    path = folder / name
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    (folder / MANIFEST_FILE).unlink()
+    _write_manifest(folder, step=20)
+
+
+def test_resuming_with_a_malformed_optimizer_setting_is_refused_before_anything_changes(run_copy):
+    folder = checkpoint_folder(run_copy, 20)
+    _edit_json(folder, STATE_FILE, lambda state: state["optimizer"]["param_groups"][0].update(eps="tiny"))
+    model = toy_model(seed=5, dropout=0.1)
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"trainer_state\.json: optimizer group 0 has eps='tiny'"):
+        _restore(folder, model, toy_config(max_steps=20))
+    assert all(torch.equal(model.state_dict()[name], t) for name, t in before.items())
+
+
+def test_resuming_with_a_malformed_rng_state_is_refused(run_copy):
+    folder = checkpoint_folder(run_copy, 20)
+    _edit_json(folder, STATE_FILE, lambda state: state["rng"][0]["numpy"].update(keys=[1, 2, 3]))
+    with pytest.raises(CheckpointError, match="the RNG state of rank 0 cannot be restored"):
+        _restore(folder, toy_model(dropout=0.1), toy_config(max_steps=20))
+
+
+def test_a_manifest_that_lists_a_path_outside_the_checkpoint_marks_it_damaged(run_copy):
+    folder = checkpoint_folder(run_copy, 20)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["files"]["../../../etc/hostname"] = {"bytes": 1, "sha256": "0"}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert checkpoint_problem(folder) == ("manifest.json lists '../../../etc/hostname', a path outside the "
+                                          "checkpoint")
+
+
+def test_load_checkpoint_refuses_a_model_type_that_names_something_else_in_attnlab_models(run_copy):
+    folder = checkpoint_folder(run_copy, 20)
+    _edit_json(folder, "config.json", lambda config: config.update(model_type="load_pretrained"))
+    with pytest.raises(CheckpointError, match=r"holds a 'load_pretrained' model, which attnlab\.models"):
+        load_checkpoint(folder)
+
+
+def test_a_trainer_state_of_another_format_is_refused_naming_the_file(run_copy):
+    folder = checkpoint_folder(run_copy, 20)
+    _edit_json(folder, STATE_FILE, lambda state: state.update(format="attnlab-checkpoint/0"))
+    with pytest.raises(CheckpointError, match=rf"{STATE_FILE} has format 'attnlab-checkpoint/0', not"):
+        load_checkpoint(folder, model_class=ToyModel)

@@ -8,7 +8,19 @@ import json
 import sys
 from pathlib import Path
 
-from attnlab.commands.common import UsageError, add_checkpoint_argument, positive_int, prepare_png_dir
+from attnlab.commands.common import (
+    UsageError,
+    add_checkpoint_argument,
+    add_force_argument,
+    check_output,
+    positive_int,
+    prepare_png_dir,
+)
+
+
+def _png_path(folder: str, image_path: str) -> Path:
+    """Where ``--png`` puts the overlays of the picture ``image_path``: FOLDER/<stem>-attention.png."""
+    return Path(folder) / f"{Path(image_path).stem}-attention.png"
 
 
 def load_classifier(path: str):
@@ -35,8 +47,13 @@ def run_classify(args: argparse.Namespace) -> None:
     from attnlab.data.images import ImageDataError, load_image
     from attnlab.explain.vision import vision_data, write_vision_page, write_vision_png
 
-    if args.png:  # a bad folder fails before the model loads
+    # A bad folder or a file of the user's in the way fails before the model loads.
+    if args.show_attention:
+        check_output(args.show_attention, "--show-attention", force=args.force, suffix=".html")
+    if args.png:
         prepare_png_dir(Path(args.png))
+        for image_path in args.images:
+            check_output(_png_path(args.png, image_path), "--png", force=args.force)
     loaded, dataset, classes, normalization = load_classifier(args.checkpoint)
     config = loaded.model.config
     results = []
@@ -57,11 +74,12 @@ def run_classify(args: argparse.Namespace) -> None:
         out = sys.stderr if args.json else sys.stdout
         try:
             if args.show_attention and index == 0:
-                print(f"attention page: {write_vision_page(data, args.show_attention)}", file=out)
+                page = write_vision_page(data, args.show_attention, force=args.force)
+                print(f"attention page: {page}", file=out)
             if args.png:
-                name = f"{Path(image_path).stem}-attention.png"
-                print(f"attention PNG: {write_vision_png(data, pixels, Path(args.png) / name, original)}",
-                      file=out)
+                png = write_vision_png(data, pixels, _png_path(args.png, image_path), original,
+                                       force=args.force)
+                print(f"attention PNG: {png}", file=out)
         except OSError as error:
             raise UsageError(str(error)) from None
     if args.json:
@@ -97,4 +115,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--png", metavar="DIR", default=None,
                         help="also write DIR/<picture>-attention.png: attention rollout and the last "
                         "layer's class-token attention per head, over each picture")
+    add_force_argument(parser, "the --show-attention page and the --png pictures")
     parser.set_defaults(run=run_classify)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -56,20 +54,24 @@ def prepare_png_dir(png: Path) -> None:
         raise UsageError(f"--png {png}: no permission to write in this folder")
 
 
-def write_json_atomic(path: str | os.PathLike, data) -> Path:
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename, so a crash never
-    leaves half a file; a folder that cannot be written is a UsageError."""
-    path = Path(path)
+def check_output(path: str | os.PathLike, flag: str, *, force: bool, suffix: str | None = None) -> Path:
+    """Fail now, before any work, when the file ``path`` given to ``flag`` could not be written:
+    a missing folder, a folder in the way, or (without ``--force``) a file there that attnlab
+    did not write. Returns ``path`` as a ``Path``."""
+    from attnlab.files import check_target
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, ensure_ascii=False)
-            out.write("\n")
-        os.replace(temporary, path)
+        return check_target(path, suffix=suffix, owned_only=not force)
     except OSError as err:
-        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
-    return path
+        raise UsageError(f"{flag}: {err}") from None
+
+
+def add_force_argument(parser: argparse.ArgumentParser, what: str = "an output file") -> None:
+    """``--force``: replace ``what`` even when attnlab did not write it (by default such a file
+    is kept and the command stops before any work)."""
+    parser.add_argument("--force", action="store_true",
+                        help=f"replace {what} even when attnlab did not write it (without --force, "
+                        "a file of yours is kept and the command stops before doing anything)")
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:

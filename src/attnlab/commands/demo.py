@@ -98,7 +98,15 @@ def _print_demo(result: dict) -> None:
 DEMO_MAX_DENSE_GIB = 2.0
 
 
+DEMO_MAX_HEADS = 64
+DEMO_MAX_HEAD_DIM = 512
+
+
 def run(args: argparse.Namespace) -> None:
+    if args.heads > DEMO_MAX_HEADS:
+        raise UsageError(f"--heads {args.heads} is more than the demo allows ({DEMO_MAX_HEADS})")
+    if args.head_dim > DEMO_MAX_HEAD_DIM:
+        raise UsageError(f"--head-dim {args.head_dim} is more than the demo allows ({DEMO_MAX_HEAD_DIM})")
     # The reference backend (and the float64 check) build the dense scores several times over.
     dense_gib = args.heads * args.seq_len**2 * 8 / 2**30
     if dense_gib > DEMO_MAX_DENSE_GIB:

@@ -8,8 +8,16 @@ import json
 import math
 import time
 
-from attnlab.commands.common import UsageError, add_checkpoint_argument, positive_int, write_json_atomic
+from attnlab.commands.common import (
+    UsageError,
+    add_checkpoint_argument,
+    add_force_argument,
+    check_output,
+    positive_int,
+)
 from attnlab.data.shakespeare import VALIDATION_WORKS
+
+CONFUSION_PNG = "confusion-matrix.png"
 
 
 def load_gpt_checkpoint(path: str):
@@ -193,10 +201,16 @@ def _stderr_console():
 
 def run_eval_translate(args: argparse.Namespace) -> None:
     from attnlab.commands.translate import load_translator
+    from attnlab.files import write_json
 
+    if args.translations:  # before the long translation, so that a refusal costs nothing
+        check_output(args.translations, "--translations", force=args.force, suffix=".json")
     result = evaluate_translation(load_translator(args.checkpoint), args.max_sentences, args.beam)
     if args.translations:
-        write_json_atomic(args.translations, result)
+        try:
+            write_json(args.translations, result, force=args.force, what="the translations")
+        except OSError as err:
+            raise UsageError(str(err)) from None
     result = {key: value for key, value in result.items() if key != "translations"}
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
@@ -304,6 +318,7 @@ def run_eval_vit(args: argparse.Namespace) -> None:
 
     if args.png:
         prepare_png_dir(Path(args.png))
+        check_output(Path(args.png) / CONFUSION_PNG, "--png", force=args.force)
     loaded, dataset, classes, normalization = load_classifier(args.checkpoint)
     result = evaluate_classifier(loaded, dataset, classes, normalization, tta=args.tta, split=args.split)
     if args.png:
@@ -313,8 +328,8 @@ def run_eval_vit(args: argparse.Namespace) -> None:
                  f"(step {result['step']}{', shifts averaged' if args.tta else ''})")
         try:
             result["confusion_png"] = str(write_confusion_png(
-                torch.tensor(result["confusion_matrix"]), classes, Path(args.png) / "confusion-matrix.png",
-                title=title))
+                torch.tensor(result["confusion_matrix"]), classes, Path(args.png) / CONFUSION_PNG,
+                title=title, force=args.force))
         except OSError as error:
             raise UsageError(str(error)) from None
     if args.json:
@@ -372,6 +387,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="also write the results with every verse's source, reference and "
                            "translation to FILE (JSON)")
     translate.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_force_argument(translate, "the --translations file")
     translate.set_defaults(run=run_eval_translate)
     vit = kinds.add_parser(
         "vit",
@@ -383,7 +399,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_checkpoint_argument(vit)
     vit.add_argument("--png", metavar="DIR", default=None,
-                     help="also write the confusion matrix as DIR/confusion-matrix.png")
+                     help=f"also write the confusion matrix as DIR/{CONFUSION_PNG}")
     vit.add_argument("--split", choices=("test", "validation"), default="test",
                      help="the pictures to score: the test set (default), or the validation pictures "
                      "the run held out (to choose settings such as --tta without looking at the test set)")
@@ -392,4 +408,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "averaged (geometric mean) with those of its four one-pixel shifts; five times "
                      "the inference work, no change to the model")
     vit.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_force_argument(vit, "the --png picture")
     vit.set_defaults(run=run_eval_vit)

@@ -12,14 +12,22 @@ import json
 import os
 from pathlib import Path
 
-from attnlab.commands.common import UsageError, non_negative_int, positive_int, prepare_png_dir
+from attnlab.commands.common import (
+    UsageError,
+    add_force_argument,
+    check_output,
+    non_negative_int,
+    positive_int,
+    prepare_png_dir,
+)
 
 MODELS = ("minilm", "smollm2")
 EXAMPLE = "The animal didn't cross the street because it was too tired."
 
 
-def _check_out(out: Path) -> None:
-    """Fail before the model loads when the page could not be written."""
+def _check_out(out: Path, force: bool) -> None:
+    """Fail before the model loads when the page could not be written, or (without ``force``)
+    would replace a file that attnlab did not write."""
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'attention.html'}")
     folder = out.parent
@@ -29,6 +37,7 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"--out {out}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise UsageError(f"--out {out}: no permission to write there")
+    check_output(out, "--out", force=force, suffix=".html")
 
 
 def _check_head_choice(args: argparse.Namespace, layers: int, heads: int) -> None:
@@ -44,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
     if args.head is not None and args.layer is None:
         raise UsageError(f"--head {args.head} needs --layer too (which layer's head {args.head}?)")
     out = Path(args.out)
-    _check_out(out)
+    _check_out(out, args.force)
     if args.png is not None:
         prepare_png_dir(Path(args.png))
 
@@ -53,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
 
     from attnlab.explain.collect import build_explanation
     from attnlab.explain.page import write_page
-    from attnlab.explain.plots import write_heatmaps
+    from attnlab.explain.plots import heatmap_paths, write_heatmaps
     from attnlab.explain.summary import print_summary, summary_json
     from attnlab.models.pretrained import MissingPackageError, load_pretrained
 
@@ -70,16 +79,19 @@ def run(args: argparse.Namespace) -> None:
                                      layer=args.layer, head=args.head, max_tokens=args.max_tokens)
         except ValueError as err:
             raise UsageError(str(err)) from None
+    selected = data["selected"]
+    if args.png is not None:  # the pictures' names are known now: check them before writing anything
+        for path in heatmap_paths(data, args.png, selected["layer"], selected["head"]):
+            check_output(path, "--png", force=args.force, suffix=".png")
     with status.status("Writing the page and pictures..."):
         try:
-            page = write_page(data, out).resolve()
+            page = write_page(data, out, force=args.force).resolve()
         except OSError as err:
             raise UsageError(str(err)) from None
         pngs = []
         if args.png is not None:
-            selected = data["selected"]
             try:
-                pngs = write_heatmaps(data, args.png, selected["layer"], selected["head"])
+                pngs = write_heatmaps(data, args.png, selected["layer"], selected["head"], force=args.force)
             except OSError as err:
                 raise UsageError(f"--png {args.png}: {err}") from None
     png_names = [str(p.resolve()) for p in pngs]
@@ -125,4 +137,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     explain.add_argument("--json", action="store_true",
                          help="print a machine-readable summary instead of the text")
+    add_force_argument(explain, "the --out page and the --png pictures")
     explain.set_defaults(run=run)

@@ -95,7 +95,12 @@ def _resume_point(out_dir: Path, task: str, preset_name: str, preset_train: dict
     (how long to run, how often to evaluate and save) are the preset's.
     """
     from attnlab.data.tokenizers import load_tokenizer
-    from attnlab.train.checkpoint import CheckpointWarning, latest_checkpoint, read_trainer_state
+    from attnlab.train.checkpoint import (
+        CheckpointError,
+        CheckpointWarning,
+        latest_checkpoint,
+        read_trainer_state,
+    )
     from attnlab.train.config import RESUMABLE_CHANGES
 
     with warnings.catch_warnings():  # training warns about damaged checkpoints itself, once
@@ -104,7 +109,10 @@ def _resume_point(out_dir: Path, task: str, preset_name: str, preset_train: dict
     if folder is None:
         raise UsageError(f"--resume: {out_dir / 'checkpoints'} holds no complete checkpoint; "
                          "leave out --resume to start from scratch")
-    state = read_trainer_state(folder)
+    try:
+        state = read_trainer_state(folder)
+    except CheckpointError as err:
+        raise UsageError(f"--resume: {err}") from None
     meta = state.get("meta", {})
     if meta.get("task") != task:
         raise UsageError(f"--resume: {folder} holds a {meta.get('task')!r} run, not a {task!r} one; "
@@ -113,7 +121,10 @@ def _resume_point(out_dir: Path, task: str, preset_name: str, preset_train: dict
         raise UsageError(f"--resume: {folder} was trained with preset {meta.get('preset')!r}, not "
                          f"{preset_name!r}; give --preset {meta.get('preset')} or another --out")
     preset_fields = {name: value for name, value in preset_train.items() if name in RESUMABLE_CHANGES}
-    tokenizer = None if task == "vit" else load_tokenizer(folder)  # images need no tokenizer
+    try:
+        tokenizer = None if task == "vit" else load_tokenizer(folder)  # images need no tokenizer
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--resume: {err}") from None
     return tokenizer, state["step"], {**state["train_config"], **preset_fields}, meta
 
 
@@ -170,7 +181,15 @@ def _print_summary(summary: dict) -> None:
 
 def _starting_point(out_dir: Path, args: argparse.Namespace, task: str, preset) -> tuple:
     """``(tokenizer or None, first step, TrainConfig, saved meta)`` of a run: the latest
-    checkpoint's with ``--resume``, else a fresh start (after checking ``out_dir`` holds none)."""
+    checkpoint's with ``--resume``, else a fresh start (after checking ``out_dir`` holds none).
+    First of all ``out_dir`` must be a folder training may write into, checked before the data
+    loads (see :func:`attnlab.train.loop.check_out_dir`)."""
+    from attnlab.train.loop import check_out_dir
+
+    try:
+        check_out_dir(out_dir, force=args.force)
+    except OSError as err:
+        raise UsageError(f"--out {err}") from None
     if args.resume:
         tokenizer, first_step, fields, meta = _resume_point(out_dir, task, preset.name, preset.train)
     else:
@@ -183,13 +202,15 @@ def _starting_point(out_dir: Path, args: argparse.Namespace, task: str, preset) 
 
 
 def _run_training(model, task, config, out_dir: Path, args: argparse.Namespace, meta: dict):
-    """:func:`attnlab.train.train`, a checkpoint it cannot use reported as a UsageError."""
+    """:func:`attnlab.train.train`, a checkpoint it cannot use or a file of the user's in the way
+    reported as a UsageError."""
+    from attnlab.files import NotOursError
     from attnlab.train import train
     from attnlab.train.checkpoint import CheckpointError
 
     try:
-        return train(model, task, config, out_dir, resume=args.resume, meta=meta)
-    except CheckpointError as err:
+        return train(model, task, config, out_dir, resume=args.resume, meta=meta, force=args.force)
+    except (CheckpointError, NotOursError) as err:
         raise UsageError(str(err)) from None
 
 
@@ -339,6 +360,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         "optimizer stay float32), fp32: float32 throughout (default: the preset's; "
                         "a preset's bf16 falls back to fp32 on hardware without native bf16)")
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even when it is neither empty nor an attnlab run, and "
+                        "replace a metrics.jsonl or loss.png there that attnlab did not write (without "
+                        "--force, such a folder or file is left as it is and training does not start)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from attnlab.commands.common import (
     UsageError,
     add_checkpoint_argument,
+    add_force_argument,
+    check_output,
     non_negative_float,
     positive_int,
     prepare_png_dir,
 )
+
+ALIGNMENT_PNG = "alignment.png"
 
 
 def load_translator(path: str):
@@ -50,6 +55,12 @@ def run_translate(args: argparse.Namespace) -> None:
     from attnlab.train.translate_task import translate
 
     sentences = _input_lines(args.text)
+    # Where the pictures go is checked before the model loads, so a refusal costs nothing.
+    if args.show_attention:
+        check_output(args.show_attention, "--show-attention", force=args.force, suffix=".html")
+    if args.png:
+        prepare_png_dir(Path(args.png))
+        check_output(Path(args.png) / ALIGNMENT_PNG, "--png", force=args.force)
     loaded = load_translator(args.checkpoint)
     outputs = translate(loaded.model, loaded.tokenizer, sentences, beam=args.beam,
                         length_penalty=args.length_penalty, greedy=args.greedy)
@@ -68,8 +79,6 @@ def run_translate(args: argparse.Namespace) -> None:
 def _write_alignment(args: argparse.Namespace, loaded, sentence: str, translation: str) -> None:
     """Write the alignment page and/or PNG of the first sentence and print their paths (to stderr
     under --json, so stdout stays one JSON document)."""
-    from pathlib import Path
-
     from attnlab.explain.alignment import alignment_data, write_alignment_page, write_alignment_png
 
     # The translation is re-encoded: its attention is what the model gives those tokens when
@@ -78,10 +87,11 @@ def _write_alignment(args: argparse.Namespace, loaded, sentence: str, translatio
     out = sys.stderr if args.json else sys.stdout
     try:
         if args.show_attention:
-            print(f"attention page: {write_alignment_page(data, args.show_attention)}", file=out)
+            page = write_alignment_page(data, args.show_attention, force=args.force)
+            print(f"attention page: {page}", file=out)
         if args.png:
-            prepare_png_dir(Path(args.png))
-            print(f"attention PNG: {write_alignment_png(data, Path(args.png) / 'alignment.png')}", file=out)
+            png = write_alignment_png(data, Path(args.png) / ALIGNMENT_PNG, force=args.force)
+            print(f"attention PNG: {png}", file=out)
     except OSError as error:
         raise UsageError(str(error)) from None
 
@@ -108,5 +118,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="also write an HTML heatmap of where each Spanish token looked in the "
                         "English sentence (the first sentence when several)")
     parser.add_argument("--png", metavar="DIR", default=None,
-                        help="also write that heatmap as DIR/alignment.png")
+                        help=f"also write that heatmap as DIR/{ALIGNMENT_PNG}")
+    add_force_argument(parser, "the --show-attention page and the --png picture")
     parser.set_defaults(run=run_translate)

@@ -17,36 +17,27 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
+from attnlab.files import write_text
+from attnlab.models.checkpoint import SavedFileError, one_line, read_json_object
 from attnlab.models.pretrained.bpe_tokenizer import LlamaTokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
 EOS_TOKEN = "<|endoftext|>"
+# A BPE tokenizer.json of 50k tokens is about 2 MB; a much larger one is not a tokenizer of ours.
+MAX_TOKENIZER_BYTES = 64 << 20
 # Unknown characters named in an encoding error; a long foreign text would flood the line.
 _MAX_NAMED = 5
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place: never half-written."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _write_meta(folder: Path, kind: str) -> None:
     # Written after tokenizer.json: a folder with the meta file holds a complete tokenizer.
-    _write_atomically(folder / META_FILE, json.dumps({"kind": kind}) + "\n")
+    write_text(folder / META_FILE, json.dumps({"kind": kind}) + "\n")
 
 
 def _word_splitter():
@@ -139,14 +130,22 @@ class CharTokenizer:
         """Write ``tokenizer.json`` (``{"vocab": [characters]}``) and ``tokenizer_meta.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(folder / TOKENIZER_FILE, json.dumps({"vocab": self.vocab}) + "\n")
+        write_text(folder / TOKENIZER_FILE, json.dumps({"vocab": self.vocab}) + "\n")
         _write_meta(folder, self.kind)
         return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> CharTokenizer:
-        """From a folder written by :meth:`save`."""
-        return cls(json.loads((Path(folder) / TOKENIZER_FILE).read_text(encoding="utf-8"))["vocab"])
+        """From a folder written by :meth:`save`; :class:`SavedFileError` naming ``tokenizer.json``
+        when it is not ``{"vocab": [distinct characters]}``."""
+        path = Path(folder) / TOKENIZER_FILE
+        vocab = read_json_object(path, max_bytes=MAX_TOKENIZER_BYTES).get("vocab")
+        if not isinstance(vocab, list):
+            raise SavedFileError(f"{path} must hold {{\"vocab\": [characters]}}, got vocab={vocab!r:.40}")
+        try:
+            return cls(vocab)
+        except ValueError as error:
+            raise SavedFileError(f"{path}: {error}") from None
 
 
 class BPETokenizer(LlamaTokenizer):
@@ -199,16 +198,25 @@ class BPETokenizer(LlamaTokenizer):
         """Write the ``tokenizers`` library's ``tokenizer.json`` and ``tokenizer_meta.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(folder / TOKENIZER_FILE, self._tokenizer.to_str())
+        write_text(folder / TOKENIZER_FILE, self._tokenizer.to_str())
         _write_meta(folder, self.kind)
         return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> BPETokenizer:
-        """From a folder written by :meth:`save`."""
+        """From a folder written by :meth:`save`; :class:`SavedFileError` naming ``tokenizer.json``
+        when the ``tokenizers`` library cannot read it or it has no ``<|endoftext|>``."""
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_file(str(Path(folder) / TOKENIZER_FILE)))
+        path = Path(folder) / TOKENIZER_FILE
+        if path.stat().st_size > MAX_TOKENIZER_BYTES:
+            raise SavedFileError(f"{path} is larger than {MAX_TOKENIZER_BYTES} bytes, too large for a "
+                                 "tokenizer")
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        # The tokenizers library reports every malformed file as a bare Exception.
+        except Exception as error:
+            raise SavedFileError(f"{path} is not a readable BPE tokenizer ({one_line(error)})") from None
 
 
 TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, BPETokenizer)}
@@ -217,13 +225,16 @@ TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, BPETokenizer)}
 def load_tokenizer(folder: str | os.PathLike) -> CharTokenizer | BPETokenizer:
     """The tokenizer saved in ``folder``, of the class its ``tokenizer_meta.json`` names.
 
-    Raises ``FileNotFoundError`` naming a missing file and ``ValueError`` for an unknown kind.
+    Both files are untrusted: raises ``FileNotFoundError`` naming a missing file and
+    :class:`~attnlab.models.checkpoint.SavedFileError` (a ``ValueError``), one line naming the
+    file, for an unknown kind or a file that is malformed or too large.
     """
     folder = Path(folder)
     for name in (META_FILE, TOKENIZER_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found (is {folder} a saved tokenizer?)")
-    kind = json.loads((folder / META_FILE).read_text(encoding="utf-8")).get("kind")
-    if kind not in TOKENIZERS:
-        raise ValueError(f"{folder / META_FILE} names tokenizer kind {kind!r}; known: {sorted(TOKENIZERS)}")
+    kind = read_json_object(folder / META_FILE).get("kind")
+    if not isinstance(kind, str) or kind not in TOKENIZERS:
+        raise SavedFileError(f"{folder / META_FILE} names tokenizer kind {kind!r:.40}; known: "
+                             f"{sorted(TOKENIZERS)}")
     return TOKENIZERS[kind].load(folder)

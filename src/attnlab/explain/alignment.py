@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from attnlab.explain.files import fill_template, save_figure, write_atomically
+from attnlab.explain.files import fill_template, save_figure
+from attnlab.files import write_html
 
 #: Shown instead of ``<|endoftext|>``, which ends the source and the translation.
 END_LABEL = "⟨end⟩"
@@ -74,15 +75,16 @@ def render_alignment_page(data: dict) -> str:
     return fill_template("alignment.html", title=f"attnlab alignment: {data['source_text']}", data=data)
 
 
-def write_alignment_page(data: dict, path: str | os.PathLike) -> Path:
-    """Write the self-contained alignment page of ``data`` to ``path`` (atomically); its path."""
-    page = render_alignment_page(data)
-    return write_atomically(Path(path), lambda temporary: temporary.write_text(page, encoding="utf-8"))
+def write_alignment_page(data: dict, path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write the self-contained alignment page of ``data`` to ``path`` (atomically, never over a
+    file attnlab did not write unless ``force``: see :func:`attnlab.files.write_html`); its path."""
+    return write_html(path, render_alignment_page(data), force=force)
 
 
-def write_alignment_png(data: dict, path: str | os.PathLike) -> Path:
+def write_alignment_png(data: dict, path: str | os.PathLike, *, force: bool = False) -> Path:
     """Write the alignment heatmap of ``data`` (target tokens down, source tokens across, a colour
-    bar) as a PNG to ``path`` (atomically); its path."""
+    bar) as a PNG to ``path`` (atomically, never over a file attnlab did not write unless
+    ``force``); its path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,4 +105,4 @@ def write_alignment_png(data: dict, path: str | os.PathLike) -> Path:
     axes.set_title(f"Where each Spanish token looked ({where})", fontsize=11)
     figure.colorbar(image, ax=axes, label="attention weight")
 
-    return save_figure(figure, path)
+    return save_figure(figure, path, force=force)

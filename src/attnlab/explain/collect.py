@@ -181,8 +181,10 @@ def check_text(model, tokenizer, text: str, *, model_name: str, max_tokens: int 
     if max_tokens is None:
         max_tokens = default_max_tokens(layers, heads)
     ids = tokenizer.encode(text)
-    if not ids:
-        raise ValueError(f"{text!r} has no tokens {model_name} knows; give a sentence with words")
+    special = getattr(tokenizer, "special_ids", frozenset())
+    if not ids or all(i in special for i in ids):
+        raise ValueError(f"the text has no words once {model_name} cuts it into tokens (only markers "
+                         f"such as unknown-word tokens are left); give a sentence with words")
     model_limit = getattr(tokenizer, "max_length", None) or cfg.max_positions
     _check_length(len(ids), model_name, model_limit, max_tokens, layers, heads)
     return ids

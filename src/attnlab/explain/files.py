@@ -1,13 +1,14 @@
-"""The explainer's files: self-contained pages filled from templates, and written so that a
-crash never leaves half of one.
+"""The explainer's files: self-contained pages filled from templates, and PNG figures.
 
-This is the one home of templating and writing for every page attnlab makes (``attnlab
+This is the one home of templating for every page attnlab makes (``attnlab
 explain``, the translation and vision pages, and the live page of ``attnlab serve``):
 
 - :func:`fill_template` reads ``templates/NAME``, expands ``{{include:OTHER}}`` (recursively),
   then fills ``{{title}}`` and ``{{data}}`` in one pass;
-- :func:`write_atomically` / :func:`write_text` write a file under a temporary name and rename
-  it over the destination.
+- :func:`save_figure` saves a matplotlib figure as a PNG.
+
+Writing itself (atomic, and never over a file attnlab did not write) lives in
+:mod:`attnlab.files`; ``write_atomically`` and ``write_text`` are importable from here too.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ import html
 import json
 import os
 import re
-import secrets
 from importlib import resources
 from pathlib import Path
+
+from attnlab.files import write_atomically, write_png, write_text
+
+__all__ = ["fill_template", "read_template", "save_figure", "script_json", "write_atomically",
+           "write_text"]
 
 INCLUDE = re.compile(r"\{\{include:([A-Za-z0-9_.-]+)\}\}")
 PLACEHOLDER = re.compile(r"\{\{(title|data)\}\}")
@@ -70,59 +75,14 @@ def fill_template(name: str, *, title: str, data) -> str:
     return PLACEHOLDER.sub(lambda match: parts[match.group(1)], read_template(name))
 
 
-def write_atomically(path: str | os.PathLike, write, *, what: str | None = None,
-                     suffix: str | None = None) -> Path:
-    """Call ``write(temporary_path)``, then rename the file over ``path``; the path.
-
-    A reader never sees half a file, and a failure leaves the old file as it was and no
-    temporary file behind. Raises ``OSError`` (``FileNotFoundError``, ``NotADirectoryError``,
-    ``IsADirectoryError``, ``PermissionError``...) with a one-line message naming ``path``:
-    "cannot write {what} to {path}: ..." (or "cannot write {path}: ..." without ``what``);
-    ``suffix`` (".html") is suggested when ``path`` is a folder.
-    """
-    path = Path(path)
-    prefix = f"cannot write {what} to {path}" if what else f"cannot write {path}"
-    if path.parent.exists() and not path.parent.is_dir():
-        raise NotADirectoryError(f"{prefix}: {path.parent} is a file, not a folder")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"{prefix}: the folder {path.parent} does not exist")
-    if path.is_dir():
-        ending = f" ending in {suffix}" if suffix else ""
-        raise IsADirectoryError(f"{prefix}: it is a folder; give a file name{ending}")
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise type(error)(f"{prefix}: {error.strerror or error}") from error
-    return path
-
-
-def write_text(path: str | os.PathLike, text: str, *, what: str | None = None,
-               suffix: str | None = None) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`write_atomically`); the path.
-
-    The file gets the user's usual permissions (umask), like any file they create.
-    """
-
-    def write(temporary: Path) -> None:
-        # Mode "x": a fresh file, never one that appeared under the temporary name meanwhile.
-        with open(temporary, "x", encoding="utf-8") as file:
-            file.write(text)
-
-    return write_atomically(path, write, what=what, suffix=suffix)
-
-
-def save_figure(figure, path: str | os.PathLike, *, dpi: int = 110) -> Path:
-    """Save a matplotlib ``figure`` as a PNG at ``path`` (atomically, see :func:`write_atomically`)
-    and close it; the path."""
+def save_figure(figure, path: str | os.PathLike, *, dpi: int = 110, force: bool = False) -> Path:
+    """Save a matplotlib ``figure`` as a PNG at ``path`` with attnlab's mark, atomically (see
+    :func:`attnlab.files.write_png`: without ``force`` a file there that attnlab did not write
+    is kept and :class:`attnlab.files.NotOursError` raised), and close it; the path."""
     from matplotlib import pyplot as plt
 
-    def save(temporary: Path) -> None:
-        figure.savefig(temporary, format="png", dpi=dpi)
-
     try:
-        return write_atomically(Path(path), save)
+        return write_png(path, lambda temporary: figure.savefig(temporary, format="png", dpi=dpi),
+                         force=force)
     finally:
         plt.close(figure)

@@ -5,7 +5,8 @@ used by the live page of ``attnlab serve``) and the JavaScript, and the explanat
 dict of :func:`attnlab.explain.collect.build_explanation`, schema version 1) is embedded as JSON
 in ``<script type="application/json" id="attnlab-data">``. The page draws everything itself
 (SVG and canvas, no libraries), makes no network request and opens straight from disk.
-Templating and writing live in :mod:`attnlab.explain.files`.
+Templating lives in :mod:`attnlab.explain.files`, writing in :mod:`attnlab.files` (the page
+carries attnlab's mark, so a later run may replace it and no file of the user's).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from attnlab.explain.files import fill_template, write_text
+from attnlab.explain.files import fill_template
+from attnlab.files import write_html
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("version", "text", "model", "tokens", "special", "word_ids", "kv_head_of", "selected",
@@ -42,12 +44,14 @@ def render_page(data: dict) -> str:
         raise ValueError(f"explanation {error}") from error
 
 
-def write_page(data: dict, path: str | os.PathLike) -> Path:
+def write_page(data: dict, path: str | os.PathLike, *, force: bool = False) -> Path:
     """Write the page for ``data`` to ``path`` and return the path.
 
     The file is written next to its destination under a temporary name, then renamed over it,
     so a reader never sees half a page. Raises ``ValueError`` for bad data (see
     :func:`render_page`) and ``OSError`` with a one-line message naming the path when it cannot
-    be written (missing folder, no permission, a folder in the way...).
+    be written (missing folder, no permission, a folder in the way...), among them
+    :class:`attnlab.files.NotOursError` for a file there that attnlab did not write (replaced
+    only with ``force``).
     """
-    return write_text(path, render_page(data), what="the page", suffix=".html")
+    return write_html(path, render_page(data), force=force)

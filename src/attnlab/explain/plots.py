@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from attnlab.explain.summary import shown_token
+from attnlab.files import check_target, write_png
 
 MASKED_COLOUR = "#c8c8c8"
 COLOUR_MAP = "viridis"
@@ -50,7 +51,16 @@ def _check_head(data: dict, layer: int, head: int) -> None:
                          f"{layers - 1} and heads 0 to {heads - 1}")
 
 
-def _plot_head(data: dict, layer: int, head: int, path: Path) -> None:
+def _save(fig, path: Path, force: bool) -> None:
+    """Write ``fig`` as the PNG ``path`` (atomically, with attnlab's mark) and close it."""
+    plt, _ = _figure_modules()
+    try:
+        write_png(path, lambda temporary: fig.savefig(temporary, dpi=DPI, bbox_inches="tight"), force=force)
+    finally:
+        plt.close(fig)
+
+
+def _plot_head(data: dict, layer: int, head: int, path: Path, force: bool) -> None:
     import numpy as np
 
     plt, Patch = _figure_modules()
@@ -83,11 +93,10 @@ def _plot_head(data: dict, layer: int, head: int, path: Path) -> None:
                      label="grey: future tokens, hidden by the causal mask")
         ax.legend(handles=[note], loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False,
                   fontsize=9, borderaxespad=0.2)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, force)
 
 
-def _plot_layer(data: dict, layer: int, chosen_head: int, path: Path) -> None:
+def _plot_layer(data: dict, layer: int, chosen_head: int, path: Path, force: bool) -> None:
     import numpy as np
 
     plt, Patch = _figure_modules()
@@ -123,11 +132,16 @@ def _plot_layer(data: dict, layer: int, chosen_head: int, path: Path) -> None:
     if data["model"]["causal"]:
         note = Patch(facecolor=MASKED_COLOUR, edgecolor="grey", label="grey: future tokens (causal mask)")
         fig.legend(handles=[note], loc="outside lower center", frameon=False, fontsize=9)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, force)
 
 
-def write_heatmaps(data: dict, out_dir, layer: int, head: int) -> list[Path]:
+def heatmap_paths(data: dict, out_dir, layer: int, head: int) -> list[Path]:
+    """The two PNGs :func:`write_heatmaps` writes into ``out_dir`` for ``(layer, head)``."""
+    folder, name = Path(out_dir), data["model"]["name"]
+    return [folder / f"{name}_layer{layer}_head{head}.png", folder / f"{name}_layer{layer}_all_heads.png"]
+
+
+def write_heatmaps(data: dict, out_dir, layer: int, head: int, *, force: bool = False) -> list[Path]:
     """Write two PNGs into ``out_dir`` (created if missing) and return their paths:
 
     - ``<model>_layer<L>_head<H>.png``: head ``(layer, head)`` with token labels on both axes,
@@ -136,14 +150,15 @@ def write_heatmaps(data: dict, out_dir, layer: int, head: int) -> list[Path]:
       the chosen head framed.
 
     Raises ``ValueError`` for a layer or head out of range and ``OSError`` when the folder
-    cannot be created or written.
+    cannot be created or written, among them :class:`attnlab.files.NotOursError`, before either
+    picture is written, when a file attnlab did not write has one of the names (unless ``force``).
     """
     _check_head(data, layer, head)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    name = data["model"]["name"]
-    head_png = folder / f"{name}_layer{layer}_head{head}.png"
-    layer_png = folder / f"{name}_layer{layer}_all_heads.png"
-    _plot_head(data, layer, head, head_png)
-    _plot_layer(data, layer, head, layer_png)
+    head_png, layer_png = heatmap_paths(data, folder, layer, head)
+    for path in (head_png, layer_png):
+        check_target(path, suffix=".png", owned_only=not force)
+    _plot_head(data, layer, head, head_png, force)
+    _plot_layer(data, layer, head, layer_png, force)
     return [head_png, layer_png]

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from attnlab.attention import record
-from attnlab.explain.files import fill_template, save_figure, write_atomically
+from attnlab.explain.files import fill_template, save_figure
+from attnlab.files import write_html
 
 
 def attention_rollout(weights: torch.Tensor) -> torch.Tensor:
@@ -108,10 +109,10 @@ def render_vision_page(data: dict) -> str:
     return fill_template("vision.html", title=title, data=data)
 
 
-def write_vision_page(data: dict, path: str | os.PathLike) -> Path:
-    """Write the self-contained page of ``data`` to ``path`` (atomically); its path."""
-    page = render_vision_page(data)
-    return write_atomically(Path(path), lambda temporary: temporary.write_text(page, encoding="utf-8"))
+def write_vision_page(data: dict, path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write the self-contained page of ``data`` to ``path`` (atomically, never over a file
+    attnlab did not write unless ``force``: see :func:`attnlab.files.write_html`); its path."""
+    return write_html(path, render_vision_page(data), force=force)
 
 
 def _overlay(axes, image, values: Sequence[float], grid: int, title: str) -> None:
@@ -132,9 +133,10 @@ def _overlay(axes, image, values: Sequence[float], grid: int, title: str) -> Non
 
 
 def write_vision_png(data: dict, pixels: torch.Tensor, path: str | os.PathLike,
-                     original: torch.Tensor | None = None) -> Path:
+                     original: torch.Tensor | None = None, *, force: bool = False) -> Path:
     """Overlays on the picture as one PNG: the picture, the rollout, then the last layer's
-    class-token attention of every head (``pixels``/``original`` as for :func:`vision_data`)."""
+    class-token attention of every head (``pixels``/``original`` as for :func:`vision_data`).
+    Never replaces a file attnlab did not write, unless ``force``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,13 +157,14 @@ def write_vision_png(data: dict, pixels: torch.Tensor, path: str | os.PathLike,
         _overlay(axes[2 + head], picture, values, data["grid"],
                  f"last layer, head {head + 1}\nclass token → patches")
 
-    return save_figure(figure, path)
+    return save_figure(figure, path, force=force)
 
 
 def write_confusion_png(matrix: torch.Tensor, classes: Sequence[str], path: str | os.PathLike, *,
-                        title: str = "") -> Path:
+                        title: str = "", force: bool = False) -> Path:
     """A confusion matrix ``(classes, classes)`` (rows: true class, columns: predicted; counts)
-    as a PNG heatmap with the counts written in, rows also shown as percentages by colour."""
+    as a PNG heatmap with the counts written in, rows also shown as percentages by colour.
+    Never replaces a file attnlab did not write, unless ``force``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,4 +188,4 @@ def write_confusion_png(matrix: torch.Tensor, classes: Sequence[str], path: str 
     axes.set_title(title or "confusion matrix (colour: share of the true class)", fontsize=10)
     figure.colorbar(image, ax=axes, label="share of the row", shrink=0.8)
 
-    return save_figure(figure, path)
+    return save_figure(figure, path, force=force)

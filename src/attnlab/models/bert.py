@@ -20,6 +20,7 @@ from torch import nn
 from attnlab.attention import LearnedPositionalEmbedding
 from attnlab.models.blocks import PostNormEncoderBlock
 from attnlab.models.checkpoint import SafetensorsModel
+from attnlab.models.config_check import check_config_fields
 
 
 @dataclass
@@ -39,6 +40,7 @@ class BertConfig:
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
+        check_config_fields(self)
         sizes = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layer_norm_eps"}
         bad = {name: value for name, value in sizes.items() if not value > 0}
         if bad:

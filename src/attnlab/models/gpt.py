@@ -32,6 +32,7 @@ from attnlab.attention import (
     RotaryEmbedding,
 )
 from attnlab.models.checkpoint import SafetensorsModel
+from attnlab.models.config_check import check_config_fields
 from attnlab.models.decoder import DecoderMixin
 from attnlab.models.llama import TokenEmbedding
 
@@ -61,6 +62,7 @@ class GPTConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
+        check_config_fields(self)
         sizes = ("vocab_size", "max_positions", "num_layers", "num_heads", "embed_dim")
         bad = {name: getattr(self, name) for name in sizes if not getattr(self, name) > 0}
         if bad:

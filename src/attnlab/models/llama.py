@@ -22,6 +22,7 @@ from torch import nn
 
 from attnlab.attention import KVCache, MultiHeadAttention, RotaryEmbedding
 from attnlab.models.checkpoint import SafetensorsModel
+from attnlab.models.config_check import check_config_fields
 from attnlab.models.decoder import DecoderMixin
 
 
@@ -41,6 +42,7 @@ class LlamaConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
+        check_config_fields(self)
         sizes = ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "ffn_dim",
                  "max_positions", "rope_theta", "norm_eps")
         bad = {name: getattr(self, name) for name in sizes if not getattr(self, name) > 0}

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnlab.models.checkpoint import SafetensorsModel
+from attnlab.models.config_check import check_config_fields
 from attnlab.models.seq2seq import check_translation_fields
 
 
@@ -58,6 +59,7 @@ class LSTMSeq2SeqConfig:
     label_smoothing: float = 0.1
 
     def __post_init__(self):
+        check_config_fields(self)
         for name in ("vocab_size", "embed_dim", "hidden_dim", "num_layers", "max_positions"):
             value = getattr(self, name)
             if value <= 0:

@@ -35,6 +35,7 @@ from torch import nn
 from attnlab.attention import KVCache, MultiHeadAttention, record, sinusoidal_positions
 from attnlab.models.blocks import FeedForward
 from attnlab.models.checkpoint import SafetensorsModel
+from attnlab.models.config_check import check_config_fields
 from attnlab.models.llama import TokenEmbedding
 
 #: Model sizes (everything but the vocabulary and special ids) by name. ``tiny`` learns toy tasks
@@ -85,6 +86,7 @@ class Seq2SeqConfig:
     label_smoothing: float = 0.1
 
     def __post_init__(self) -> None:
+        check_config_fields(self)
         sizes = ("vocab_size", "max_positions", "num_encoder_layers", "num_decoder_layers",
                  "num_heads", "embed_dim", "ffn_dim")
         bad = {name: getattr(self, name) for name in sizes if not getattr(self, name) > 0}

@@ -34,6 +34,7 @@ from torch import nn
 from attnlab.attention import record, sinusoidal_positions_2d
 from attnlab.models.blocks import PreNormEncoderBlock
 from attnlab.models.checkpoint import SafetensorsModel
+from attnlab.models.config_check import check_config_fields
 
 POSITION_KINDS = ("learned", "sinusoidal")
 
@@ -70,6 +71,7 @@ class ViTConfig:
     stem_channels: int = 0
 
     def __post_init__(self) -> None:
+        check_config_fields(self)
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "embed_dim",
                      "num_layers", "num_heads", "ffn_dim"):
             value = getattr(self, name)

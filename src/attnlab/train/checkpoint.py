@@ -33,7 +33,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnlab.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from attnlab.models.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    SavedFileError,
+    one_line,
+    read_json_object,
+    read_weights,
+)
+from attnlab.models.config_check import is_finite_number
 from attnlab.train.config import TrainConfig
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -41,6 +49,8 @@ MANIFEST_FILE = "manifest.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng_state.safetensors"
 STATE_FILE = "trainer_state.json"
+# trainer_state.json holds the RNG states of every rank (~20 KB each) besides small settings.
+MAX_STATE_BYTES = 64 << 20
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT = "attnlab-checkpoint/1"
 REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE)
@@ -95,13 +105,21 @@ def capture_rng() -> RngState:
     )
 
 
+def _python_and_numpy_states(state: RngState) -> tuple[tuple, tuple]:
+    """``state.python`` and ``state.numpy`` as ``random.setstate`` and ``np.random.set_state`` take
+    them (``TypeError``, ``KeyError`` or ``ValueError`` when they are malformed)."""
+    version, internal, gauss = state.python
+    np_state = state.numpy
+    return (version, tuple(internal), gauss), (
+        np_state["kind"], np.array(np_state["keys"], dtype=np.uint32), np_state["pos"],
+        np_state["has_gauss"], np_state["cached_gaussian"])
+
+
 def restore_rng(state: RngState) -> None:
     """Put every generator back to ``state`` (CUDA only when the GPU counts match)."""
-    version, internal, gauss = state.python
-    random.setstate((version, tuple(internal), gauss))
-    np_state = state.numpy
-    np.random.set_state((np_state["kind"], np.array(np_state["keys"], dtype=np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    python_state, numpy_state = _python_and_numpy_states(state)
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state.torch_cpu)
     if state.torch_cuda and torch.cuda.is_available() and len(state.torch_cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state.torch_cuda)
@@ -272,15 +290,19 @@ def checkpoint_problem(folder: str | os.PathLike, *, check_hashes: bool = True) 
     """
     folder = Path(folder)
     try:
-        files = json.loads((folder / MANIFEST_FILE).read_text())["files"]
+        files = read_json_object(folder / MANIFEST_FILE)["files"]
         expected = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()}
     except FileNotFoundError:
         return f"no {MANIFEST_FILE} (its save did not finish)"
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        return f"{MANIFEST_FILE} is unreadable ({type(error).__name__}: {error})"
+        return f"{MANIFEST_FILE} is unreadable ({type(error).__name__}: {one_line(error)})"
     missing = [name for name in REQUIRED_FILES if name not in expected]
     if missing:
         return f"{MANIFEST_FILE} does not list {', '.join(missing)}"
+    # A hostile manifest could send the hashing anywhere ("/dev/zero", "../../big-file").
+    outside = [name for name in expected if Path(name).is_absolute() or ".." in Path(name).parts]
+    if outside:
+        return f"{MANIFEST_FILE} lists {outside[0]!r:.80}, a path outside the checkpoint"
     for name, (size, digest) in expected.items():
         path = folder / name
         if not path.is_file():
@@ -329,11 +351,15 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int, *, newest: int
     """Delete checkpoints older than the ``keep_last`` newest complete ones up to step ``newest``.
 
     Folders after ``newest`` (left by an earlier run that went further before it crashed) are
-    not touched: the resumed run overwrites them when it gets there. Returns the deleted folders.
+    not touched: the resumed run overwrites them when it gets there. Nor is a ``step-*`` folder
+    that holds no attnlab manifest or trainer state: it is not one of ours. Returns the deleted
+    folders.
     """
     kept, deleted = 0, []
     for step, folder in checkpoint_folders(out_dir):
         if step > newest:
+            continue
+        if not (folder / MANIFEST_FILE).is_file() and not (folder / STATE_FILE).is_file():
             continue
         if kept < keep_last and checkpoint_problem(folder, check_hashes=False) is None:
             kept += 1
@@ -343,11 +369,6 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int, *, newest: int
             deleted.append(folder)
     return deleted
 
-
-def remove_partial_checkpoints(out_dir: str | os.PathLike) -> None:
-    """Delete the leftovers of interrupted saves (only the process that writes may call this)."""
-    for partial in partial_checkpoints(out_dir):
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,9 +382,133 @@ def _verified(folder: Path) -> Path:
     return folder
 
 
+# trainer_state.json's fields, each with the type it must have.
+_STATE_FIELDS = {"step": int, "world_size": int, "train_config": dict, "meta": dict, "metrics": dict,
+                 "optimizer": dict, "rng": list}
+_JSON_KINDS = {int: "a whole number", dict: "an object", list: "a list"}
+
+
 def read_trainer_state(folder: str | os.PathLike) -> dict:
-    """``trainer_state.json`` of a checkpoint folder (not verified: call after verifying)."""
-    return json.loads((Path(folder) / STATE_FILE).read_text())
+    """``trainer_state.json`` of a checkpoint folder (not verified against the manifest: call
+    after verifying), its fields checked for type.
+
+    Raises :class:`CheckpointError`, one line naming the file, when it is missing, not a JSON
+    object of this format, or lacks a field of :data:`_STATE_FIELDS`' type (``step`` >= 0,
+    ``world_size`` >= 1).
+    """
+    path = Path(folder) / STATE_FILE
+    try:
+        state = read_json_object(path, max_bytes=MAX_STATE_BYTES)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(one_line(error)) from None
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {state.get('format')!r:.40}, not {FORMAT!r}")
+    for name, kind in _STATE_FIELDS.items():
+        value = state.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: {name} must be {_JSON_KINDS[kind]}, got {value!r:.60}")
+    if state["step"] < 0 or state["world_size"] < 1:
+        raise CheckpointError(f"{path}: need step >= 0 and world_size >= 1, got step={state['step']}, "
+                              f"world_size={state['world_size']}")
+    return state
+
+
+def _saved_train_config(folder: Path, state: dict) -> TrainConfig:
+    """The :class:`TrainConfig` in ``state`` (read from ``folder``), or :class:`CheckpointError`."""
+    try:
+        return TrainConfig.from_dict(state["train_config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{folder / STATE_FILE}: train_config: {one_line(error)}") from None
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of safetensors file ``path``, or :class:`CheckpointError` naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({one_line(error)})") from None
+
+
+def _json_object(path: Path) -> dict:
+    """The JSON object in ``path``, or :class:`CheckpointError` naming it."""
+    try:
+        return read_json_object(path)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(one_line(error)) from None
+
+
+def _check_optimizer_tensors(path: Path, tensors: dict[str, torch.Tensor],
+                             optimizer: torch.optim.Optimizer) -> None:
+    """Every tensor is ``state.<param index>.<key>`` of an existing parameter and, unless it is a
+    scalar (a step count), shaped like that parameter: AdamW would fail only at its next step."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for name, tensor in tensors.items():
+        parts = name.split(".", 2)
+        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or int(parts[1]) >= len(params):
+            raise CheckpointError(f"{path} holds tensor {name!r:.60}, not the state of one of the "
+                                  f"optimizer's {len(params)} parameters")
+        param = params[int(parts[1])]
+        if tensor.dim() and tensor.shape != param.shape:
+            raise CheckpointError(f"{path}: tensor {name} has shape {list(tensor.shape)}, its parameter "
+                                  f"{list(param.shape)}")
+
+
+def _same_kind(saved, current) -> bool:
+    """Whether JSON value ``saved`` can stand for optimizer setting ``current``: a flag for a
+    flag, a finite number for a number, a list of as many for a tuple, equal for anything else."""
+    if isinstance(current, bool) or current is None or isinstance(current, str):
+        return type(saved) is type(current)
+    if isinstance(current, (int, float)):
+        return is_finite_number(saved)
+    if isinstance(current, (tuple, list)):
+        return (isinstance(saved, list) and len(saved) == len(current)
+                and all(_same_kind(s, c) for s, c in zip(saved, current, strict=True)))
+    return saved == current
+
+
+def _check_param_groups(path: Path, saved: dict, optimizer: torch.optim.Optimizer) -> None:
+    """The saved groups are the optimizer's: as many, each with every setting of the optimizer's
+    group in a value of its kind and as many parameters. torch takes any values and would fail
+    only inside the next step."""
+    groups = saved.get("param_groups")
+    if not (isinstance(groups, list) and len(groups) == len(optimizer.param_groups)
+            and all(isinstance(g, dict) for g in groups) and isinstance(saved.get("scalars"), dict)):
+        raise CheckpointError(f"{path}: optimizer must hold {len(optimizer.param_groups)} parameter "
+                              "group objects and a scalars object")
+    for index, (group, current) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
+        params = group.get("params")
+        if not (isinstance(params, list) and len(params) == len(current["params"])
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in params)):
+            raise CheckpointError(f"{path}: optimizer group {index} must list the ids of its "
+                                  f"{len(current['params'])} parameters")
+        for key, value in current.items():
+            if key not in (*_MACHINE_OPTIONS, "params") and not _same_kind(group.get(key), value):
+                raise CheckpointError(f"{path}: optimizer group {index} has {key}={group.get(key)!r:.40}, "
+                                      f"this optimizer needs a value like {value!r:.40}")
+
+
+def _rank_rng(folder: Path, state: dict, rank: int) -> RngState:
+    """This rank's saved :class:`RngState`, proven restorable on throwaway generators first."""
+    tensors = _read_tensors(folder / RNG_FILE)
+    cpu = tensors.get(f"rank{rank}.torch_cpu")
+    saved = state["rng"][rank] if rank < len(state["rng"]) else None
+    if cpu is None or not isinstance(saved, dict) or set(saved) != {"python", "numpy"}:
+        raise CheckpointError(f"{folder} holds no RNG state for rank {rank} ({RNG_FILE}, {STATE_FILE})")
+    cuda = sorted((k for k in tensors if k.startswith(f"rank{rank}.torch_cuda.")),
+                  key=lambda k: int(k.rsplit(".", 1)[1]) if k.rsplit(".", 1)[1].isdigit() else -1)
+    rng = RngState(torch_cpu=cpu, torch_cuda=[tensors[k] for k in cuda], **saved)
+    try:
+        python_state, numpy_state = _python_and_numpy_states(rng)
+        random.Random().setstate(python_state)
+        np.random.RandomState().set_state(numpy_state)
+        torch.Generator().set_state(rng.torch_cpu)
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, RuntimeError) as error:
+        raise CheckpointError(f"{folder}: the RNG state of rank {rank} cannot be restored "
+                              f"({one_line(error)})") from None
+    return rng
 
 
 def restore_training_state(
@@ -379,33 +524,42 @@ def restore_training_state(
 
     Everything is checked before anything changes: a model of another type or config, a
     ``train_config`` that differs in a field that changes what a step computes (see
-    :data:`attnlab.train.config.RESUMABLE_CHANGES`), or another number of processes raises
-    :class:`CheckpointError` listing the differences. Returns ``trainer_state.json``'s content.
+    :data:`attnlab.train.config.RESUMABLE_CHANGES`), another number of processes, or a file
+    whose content is malformed (tensors of other names or shapes, RNG states the generators
+    refuse) raises :class:`CheckpointError` saying which. Returns ``trainer_state.json``'s content.
     """
-    from safetensors.torch import load_file
-
     folder = _verified(Path(folder))
     state = read_trainer_state(folder)
-    saved_model = json.loads((folder / CONFIG_FILE).read_text())
+    saved_model = _json_object(folder / CONFIG_FILE)
     current = model_config(model)
     if saved_model != current:
         changed = sorted(k for k in saved_model | current if saved_model.get(k) != current.get(k))
-        diffs = ", ".join(f"{k}: {saved_model.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise CheckpointError(f"cannot resume from {folder}: it holds a different model ({diffs})")
-    conflicts = train_config.resume_conflicts(TrainConfig.from_dict(state["train_config"]))
+        diffs = ", ".join(f"{k}: {saved_model.get(k)!r:.40} -> {current.get(k)!r}" for k in changed)
+        raise CheckpointError(f"cannot resume from {folder}: it holds a different model ({diffs:.400})")
+    conflicts = train_config.resume_conflicts(_saved_train_config(folder, state))
     if conflicts:
         raise CheckpointError(f"cannot resume from {folder}: the training config changed "
                               f"({'; '.join(conflicts)}); use a new out_dir to train with it")
     if state["world_size"] != world_size:
         raise CheckpointError(f"cannot resume from {folder}: it was written by {state['world_size']} "
                               f"process(es) and this run has {world_size} (the data order depends on it)")
-    model.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True)
-    _load_optimizer(optimizer, load_file(folder / OPTIMIZER_FILE), state["optimizer"])
-    rng_tensors = load_file(folder / RNG_FILE)
-    cuda = sorted((k for k in rng_tensors if k.startswith(f"rank{rank}.torch_cuda.")),
-                  key=lambda k: int(k.rsplit(".", 1)[1]))
-    restore_rng(RngState(torch_cpu=rng_tensors[f"rank{rank}.torch_cpu"],
-                         torch_cuda=[rng_tensors[k] for k in cuda], **state["rng"][rank]))
+    try:
+        weights = read_weights(folder / WEIGHTS_FILE, model.state_dict())
+    except SavedFileError as error:
+        raise CheckpointError(str(error)) from None
+    optimizer_tensors = _read_tensors(folder / OPTIMIZER_FILE)
+    _check_optimizer_tensors(folder / OPTIMIZER_FILE, optimizer_tensors, optimizer)
+    _check_param_groups(folder / STATE_FILE, state["optimizer"], optimizer)
+    rng = _rank_rng(folder, state, rank)
+    # The optimizer first: the one step left that can fail (on checks of torch's own, which it
+    # makes before it changes anything).
+    try:
+        _load_optimizer(optimizer, optimizer_tensors, state["optimizer"])
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+        raise CheckpointError(f"{folder / STATE_FILE}: its optimizer state does not fit this optimizer "
+                              f"({one_line(error)})") from None
+    model.load_state_dict(weights, strict=True)
+    restore_rng(rng)
     return state
 
 
@@ -429,9 +583,15 @@ def load_checkpoint(folder: str | os.PathLike, model_class: type | None = None) 
 
     The model class is ``model_class`` when given (e.g. a model outside :mod:`attnlab.models`),
     else ``getattr(attnlab.models, model_type)`` with ``model_type`` from ``config.json``.
-    Raises :class:`CheckpointError` when the folder is not a checkpoint, fails verification,
-    or holds a model of another class than ``model_class``.
+    Every file is checked before it is used (see :meth:`SafetensorsModel.load` and
+    :func:`attnlab.data.tokenizers.load_tokenizer`); the tokenizer's ids must fit the model's
+    vocabulary. Raises :class:`CheckpointError`, one line naming the folder or file, when the
+    folder is not a checkpoint, fails verification, holds a model of another class than
+    ``model_class``, or holds a file that is malformed or asks for too much.
     """
+    import attnlab.models
+    from attnlab.models.checkpoint import SafetensorsModel
+
     folder = Path(folder)
     if not (folder / MANIFEST_FILE).is_file() and (folder / CHECKPOINTS_DIR).is_dir():
         latest = latest_checkpoint(folder)
@@ -444,28 +604,36 @@ def load_checkpoint(folder: str | os.PathLike, model_class: type | None = None) 
         raise CheckpointError(f"{folder} is not a training checkpoint (no {MANIFEST_FILE} or "
                               f"{CHECKPOINTS_DIR}/ in it)")
     _verified(folder)
-    model_type = json.loads((folder / CONFIG_FILE).read_text()).get("model_type")
+    model_type = _json_object(folder / CONFIG_FILE).get("model_type")
     if model_class is None:
-        import attnlab.models
-
-        model_class = getattr(attnlab.models, str(model_type), None)
-        if model_class is None:
-            raise CheckpointError(f"checkpoint {folder} holds a {model_type!r} model, "
+        found = getattr(attnlab.models, model_type, None) if isinstance(model_type, str) else None
+        if not (isinstance(found, type) and issubclass(found, SafetensorsModel)):
+            raise CheckpointError(f"checkpoint {folder} holds a {model_type!r:.60} model, "
                                   "which attnlab.models does not provide")
+        model_class = found
     elif model_class.__name__ != model_type:
-        raise CheckpointError(f"checkpoint {folder} holds a {model_type}, not a {model_class.__name__}")
-    tokenizer = None
-    if (folder / TOKENIZER_FILE).is_file():
-        from attnlab.data.tokenizers import load_tokenizer
-
-        tokenizer = load_tokenizer(folder)
+        raise CheckpointError(f"checkpoint {folder} holds a {model_type!s:.60}, not a {model_class.__name__}")
     state = read_trainer_state(folder)
+    train_config = _saved_train_config(folder, state)
+    try:
+        model = model_class.load(folder)
+        tokenizer = None
+        if (folder / TOKENIZER_FILE).is_file():
+            from attnlab.data.tokenizers import load_tokenizer
+
+            tokenizer = load_tokenizer(folder)
+    except (OSError, ValueError) as error:  # SavedFileError and FileNotFoundError name the file
+        raise CheckpointError(one_line(error)) from None
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if tokenizer is not None and isinstance(vocab, int) and tokenizer.vocab_size > vocab:
+        raise CheckpointError(f"{folder / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens, more than "
+                              f"the vocab_size={vocab} of the model beside it")
     return LoadedCheckpoint(
         folder=folder,
         step=state["step"],
-        model=model_class.load(folder),
+        model=model,
         tokenizer=tokenizer,
-        train_config=TrainConfig.from_dict(state["train_config"]),
+        train_config=train_config,
         meta=state["meta"],
         metrics=state["metrics"],
     )

@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -33,6 +35,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from attnlab.files import NotOursError, write_json, write_png, written_by_attnlab
 from attnlab.models.checkpoint import SafetensorsModel
 from attnlab.train.checkpoint import (
     CheckpointError,
@@ -41,19 +44,82 @@ from attnlab.train.checkpoint import (
     checkpoint_folder,
     checkpoint_folders,
     latest_checkpoint,
-    remove_partial_checkpoints,
+    partial_checkpoints,
     restore_training_state,
     save_checkpoint,
     seed_everything,
 )
 from attnlab.train.config import TrainConfig
 from attnlab.train.distributed import DistributedContext, setup_distributed
-from attnlab.train.metrics import MetricsLog, ProgressDisplay, plot_loss_curve, read_metrics
+from attnlab.train.metrics import METRIC_KEYS, MetricsLog, ProgressDisplay, plot_loss_curve, read_metrics
 from attnlab.train.optim import build_optimizer
 from attnlab.train.schedule import lr_at, lr_at_time
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "loss.png"
+RUN_MARKER = ".attnlab-run"  # a JSON file that says: this folder is an attnlab training run
+# The staging folders save_checkpoint makes (tempfile.mkdtemp: its prefix, then 8 random characters).
+_OWN_PARTIAL = re.compile(r"\.tmp-(step-\d+|replaced)-[a-z0-9_]{8}")
+_MAX_METRICS_LINE = 1 << 16
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder: attnlab writes only into its own, and replaces only what it wrote
+
+
+def _own_partials(out_dir: Path) -> list[Path]:
+    """Leftovers of this run's interrupted checkpoint saves: folders named as save_checkpoint
+    names its staging folders (any other ``.tmp-*`` under ``checkpoints/`` is left alone)."""
+    return [path for path in partial_checkpoints(out_dir)
+            if _OWN_PARTIAL.fullmatch(path.name) and path.is_dir() and not path.is_symlink()]
+
+
+def is_run_folder(out_dir: str | os.PathLike) -> bool:
+    """Whether ``out_dir`` is an attnlab training run: it holds attnlab's :data:`RUN_MARKER`
+    or, for a run from before the marker existed, checkpoints with attnlab's folder names."""
+    out_dir = Path(out_dir)
+    return (written_by_attnlab(out_dir / RUN_MARKER) or bool(checkpoint_folders(out_dir))
+            or bool(_own_partials(out_dir)))
+
+
+def _metrics_are_ours(path: Path) -> bool:
+    """Whether ``metrics.jsonl`` holds nothing, or begins with a record that :class:`MetricsLog`
+    wrote (a JSON object with every key of :data:`METRIC_KEYS`); reads one bounded line."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    with open(path, "rb") as file:
+        first = file.readline(_MAX_METRICS_LINE)
+        if not first.strip():
+            return not file.read(1)  # an empty file holds nothing to lose
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and all(key in record for key in METRIC_KEYS)
+
+
+def check_out_dir(out_dir: str | os.PathLike, *, force: bool = False) -> Path:
+    """Raise unless :func:`train` may write into ``out_dir``; returns it as a ``Path``.
+
+    ``out_dir`` must be new, empty, or an attnlab run (:func:`is_run_folder`), and its
+    ``metrics.jsonl`` and ``loss.png``, when there, must be attnlab's: otherwise
+    :class:`attnlab.files.NotOursError` (``NotADirectoryError`` when it is a file), one line.
+    ``force`` accepts any folder and lets attnlab replace those two files.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is a file, not a folder")
+    if force or not out_dir.is_dir():
+        return out_dir
+    if not is_run_folder(out_dir) and any(out_dir.iterdir()):
+        raise NotOursError(f"{out_dir} is neither empty nor an attnlab training run; give a new or "
+                           "empty folder, or use --force to add attnlab's files to it")
+    for name, ours in ((METRICS_FILE, _metrics_are_ours), (CURVE_FILE, written_by_attnlab)):
+        path = out_dir / name
+        if (path.exists() or path.is_symlink()) and not ours(path):
+            raise NotOursError(f"cannot write {path}: attnlab did not write the file there; "
+                               "use --force to replace it")
+    return out_dir
 
 
 class Task(Protocol):
@@ -215,11 +281,14 @@ def _check_arguments(model: nn.Module, task: Task, config: TrainConfig, meta: di
 
 def train(model: nn.Module, task: Task, config: TrainConfig, out_dir: str | os.PathLike, *,
           resume: bool = False, meta: dict | None = None,
-          device: str | torch.device | None = None) -> TrainResult:
+          device: str | torch.device | None = None, force: bool = False) -> TrainResult:
     """Train ``model`` on ``task`` and return how it ended; files go to ``out_dir``.
 
     ``out_dir`` receives ``checkpoints/step-*/`` (see :mod:`attnlab.train.checkpoint`),
-    ``metrics.jsonl`` and ``loss.png`` (see :mod:`attnlab.train.metrics`). The model moves to
+    ``metrics.jsonl`` and ``loss.png`` (see :mod:`attnlab.train.metrics`) and the marker
+    :data:`RUN_MARKER`. It must be new, empty or an attnlab run, and attnlab replaces only the
+    files it wrote there (see :func:`check_out_dir`; ``force`` lifts both rules), else
+    :class:`attnlab.files.NotOursError` is raised before anything is written. The model moves to
     ``device`` (default: CUDA when available, else CPU) and is left there in train mode.
     Seed the global RNGs (:func:`~attnlab.train.checkpoint.seed_everything`) before building
     the model for a reproducible initialisation; ``train`` seeds them again for the run.
@@ -237,7 +306,7 @@ def train(model: nn.Module, task: Task, config: TrainConfig, out_dir: str | os.P
     _check_arguments(model, task, config, meta)
     ctx = setup_distributed(device)
     try:
-        return _Run(model, task, config, Path(out_dir), meta or {}, ctx).run(resume)
+        return _Run(model, task, config, Path(out_dir), meta or {}, ctx, force).run(resume)
     finally:
         ctx.close()
 
@@ -255,9 +324,9 @@ class _Run:
     """The state of one :func:`train` call; ``run`` is the loop."""
 
     def __init__(self, model: nn.Module, task: Task, config: TrainConfig, out_dir: Path, meta: dict,
-                 ctx: DistributedContext) -> None:
-        self.model, self.task, self.config, self.out_dir, self.meta, self.ctx = (
-            model, task, config, out_dir, meta, ctx)
+                 ctx: DistributedContext, force: bool) -> None:
+        self.model, self.task, self.config, self.out_dir, self.meta, self.ctx, self.force = (
+            model, task, config, out_dir, meta, ctx, force)
         self.model.to(ctx.device).train()
         self.optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
                                          betas=config.betas, device=ctx.device)
@@ -285,7 +354,9 @@ class _Run:
         return self.ctx.sum([self._elapsed()])[0] / self.ctx.world_size
 
     def _start(self, resume: bool, display: ProgressDisplay) -> None:
-        """Restore the latest checkpoint (``resume``) or check that ``out_dir`` is free, and seed."""
+        """Check that ``out_dir`` may be written, restore the latest checkpoint (``resume``) or
+        check that ``out_dir`` holds none, and seed."""
+        check_out_dir(self.out_dir, force=self.force)  # every rank: it only reads
         if resume:
             with warnings.catch_warnings():
                 if not self.ctx.is_main:  # one warning per run, not one per process
@@ -314,7 +385,12 @@ class _Run:
             seed_everything(self.config.seed + self.ctx.rank)
         if self.ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            remove_partial_checkpoints(self.out_dir)
+            marker = self.out_dir / RUN_MARKER
+            if not written_by_attnlab(marker):
+                write_json(marker, {"what": "an attnlab training run: checkpoints/, metrics.jsonl, loss.png"},
+                           force=self.force)
+            for partial in _own_partials(self.out_dir):
+                shutil.rmtree(partial, ignore_errors=True)
             self.log.start(self.step if resume else None)
         self.ctx.barrier()
 
@@ -364,7 +440,9 @@ class _Run:
                 title += f": {self.meta['preset']}"
             if self.val_loss is not None:
                 title += f" (validation loss {self.val_loss:.4f} at step {self.last_eval_step})"
-            plot_loss_curve(read_metrics(self.metrics_path), curve_path, title=title)
+            records = read_metrics(self.metrics_path)
+            write_png(curve_path, lambda temporary: plot_loss_curve(records, temporary, title=title),
+                      force=self.force, what="the loss curve")
         return TrainResult(final_step=self.step, val_loss=self.val_loss,
                            elapsed_s=time.perf_counter() - self.started, checkpoint=self.checkpoint,
                            metrics_path=self.metrics_path, curve_path=curve_path)

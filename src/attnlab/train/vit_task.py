@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.data.images import ImageDataset, Normalization, dataset_splits, random_crop
+from attnlab.files import write_text
 from attnlab.train.lm_task import batch_seed
 
 PREPROCESSING_FILE = "preprocessing.json"
@@ -187,13 +188,10 @@ class ImageClassificationTask:
 
 def save_preprocessing(folder: str | os.PathLike, *, dataset: str, classes,
                        normalization: Normalization) -> None:
-    """Write ``preprocessing.json`` into ``folder`` (temporary file, then rename)."""
+    """Write ``preprocessing.json`` into ``folder`` (atomically: :func:`attnlab.files.write_text`)."""
     data = {"dataset": dataset, "classes": list(classes), "mean": list(normalization.mean),
             "std": list(normalization.std)}
-    path = Path(folder) / PREPROCESSING_FILE
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_text(Path(folder) / PREPROCESSING_FILE, json.dumps(data, indent=2) + "\n")
 
 
 def load_preprocessing(folder: str | os.PathLike) -> tuple[str, tuple[str, ...], Normalization]:
