@@ -1,6 +1,8 @@
 """The ``attnlab`` command turns anything unforeseen into one line (exit 1), shows the traceback
 only when asked (``--debug`` or ``ATTNLAB_DEBUG=1``), and answers ``--help`` without torch."""
 
+import contextlib
+import os
 import subprocess
 import sys
 
@@ -64,3 +66,31 @@ def test_help_and_argument_errors_do_not_import_torch():
             "print('torch' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["generate", "hi", "--max-new-tokens", "1000000000"],
+     "argument --max-new-tokens: must be from 1 to 8,192, got 1000000000"),
+    (["generate", "hi", "--seed", str(10**23)], "argument --seed: must be from 0 to 9223372036854775807"),
+    (["demo", "--seed", "-1"], "argument --seed: must be from 0 to"),
+    (["train", "gpt", "--preset", "shakespeare-char-tiny", "--seed", "-3"], "--seed: must be from 0"),
+    (["demo", "--head-dim", str(10**12)], "--head-dim 1000000000000 is more than the demo allows (512)"),
+])
+def test_work_and_seeds_beyond_what_the_libraries_take_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) if message.startswith("argument") else contextlib.nullcontext():
+        assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["chat"], "attnlab chat: error: standard input is closed; chat reads your messages from it"),
+    (["translate", "--checkpoint", "nowhere"],
+     "attnlab translate: error: standard input is closed; give the English text as an argument"),
+])
+def test_a_closed_standard_input_is_one_line(argv, message):
+    # `<&-` in a shell: the process starts with no file descriptor 0 at all.
+    done = subprocess.run([sys.executable, "-m", "attnlab", *argv], capture_output=True, text=True,
+                          timeout=120, preexec_fn=lambda: os.close(0))
+    assert done.returncode == 2
+    assert done.stderr.startswith(message) and len(done.stderr.strip().splitlines()) == 1

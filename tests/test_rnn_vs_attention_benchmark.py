@@ -5,12 +5,15 @@ import contextlib
 import importlib.util
 import io
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rnn_vs_attention.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -39,24 +42,69 @@ def quick_run(tmp_path_factory):
     return json.loads((folder / "r.json").read_text()), stdout.getvalue(), folder / "png"
 
 
-def test_speed_has_every_n_for_both_models_with_positive_times(quick_run):
+def test_speed_rows_are_medians_of_their_repeats_and_the_tables_print_them(quick_run):
     results, stdout, _ = quick_run
     rows = results["speed"]["rows"]
     assert [row["n"] for row in rows] == list(bench.QUICK_NS)
-    for row in rows:
-        for model in bench.MODELS:
-            for pass_ in ("train", "infer"):
-                assert row[f"{model}_{pass_}_ms"] > 0
+    for pass_ in ("train", "infer"):
+        for row in rows:
+            for model in bench.MODELS:
+                repeats = row[f"{model}_{pass_}_all_ms"]
+                assert row[f"{model}_{pass_}_ms"] == statistics.median(repeats) and len(repeats) >= 1
+            attention, lstm = row[f"attention_{pass_}_ms"], row[f"LSTM_{pass_}_ms"]
+            assert f"| {row['n']} | {attention:.2f} | {lstm:.2f} | {attention / lstm:.2f} |" in stdout
     assert "| n | train: attention ms | train: LSTM ms | ratio |" in stdout
     assert "O(n²·d)" in stdout
 
 
-def test_generation_has_every_n_for_both_models_with_positive_times(quick_run):
+def test_generation_rows_are_printed_with_their_ratio(quick_run):
     results, stdout, _ = quick_run
     rows = results["generation"]["rows"]
     assert [row["n"] for row in rows] == list(bench.QUICK_NS)
-    assert all(row[f"{model}_us"] > 0 for row in rows for model in bench.MODELS)
+    for row in rows:
+        attention, lstm = row["attention_us"], row["LSTM_us"]
+        assert f"| {row['n']} | {attention:.0f} | {lstm:.0f} | {attention / lstm:.2f} |" in stdout
     assert "| n | attention µs/token | LSTM µs/token | ratio |" in stdout
+
+
+def sleeper(seconds: float):
+    return lambda: time.sleep(seconds)
+
+
+def test_side_by_side_timing_gives_seconds_per_call_also_for_looped_short_calls():
+    times = bench.time_side_by_side({"slow": sleeper(0.06), "fast": sleeper(0.002)}, max_repeats=2,
+                                    budget_s=10.0)
+    assert len(times["slow"]) == len(times["fast"]) == 2
+    # the 2 ms call is looped (about 25 times) inside each repeat, yet reported per call
+    assert all(t >= 0.06 for t in times["slow"]) and all(0.002 <= t < 0.03 for t in times["fast"])
+
+
+def test_single_call_timing_leaves_out_the_preparation_and_stops_at_the_budget():
+    times = bench.time_single_calls(sleeper(0.002), sleeper(0.04), samples=4, budget_s=10.0)
+    assert len(times) == 4 and all(0.002 <= t < 0.04 for t in times)
+    times = bench.time_single_calls(sleeper(0.01), lambda: None, samples=100, budget_s=0.035)
+    assert sum(times[:-1]) < 0.035 <= sum(times)
+
+
+class LastTokenEcho(nn.Module):
+    """Predicts value ``key % values`` at every position: right exactly where the target says so."""
+
+    def __init__(self, values: int) -> None:
+        super().__init__()
+        self.values = values
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(tokens[..., 0] % self.values, self.values).float()
+
+
+def test_accuracy_is_the_fraction_of_last_position_predictions_equal_to_the_target():
+    tokens = torch.zeros(7, 3, 2, dtype=torch.long)
+    tokens[:, -1, 0] = torch.arange(7)  # the model answers 0, 1, ..., 6 at the last position
+    tokens[:, 0, 0] = 5  # and 5 at the first position, which must not count
+    targets = torch.tensor([0, 1, 5, 5, 4, 0, 0])  # right for sequences 0, 1 and 4
+    model = LastTokenEcho(values=8).train()
+    assert bench.accuracy(model, tokens, targets, batch=3) == 3 / 7  # batches of 3, 3 and 1
+    assert not model.training
 
 
 def test_recall_scores_every_distance_for_four_models_of_matched_size(quick_run):
@@ -66,7 +114,10 @@ def test_recall_scores_every_distance_for_four_models_of_matched_size(quick_run)
     for result in models.values():
         assert result["steps"] >= 1
         assert set(result["accuracy"]) == {str(d) for d in bench.DISTANCES}
-        assert all(0.0 <= score <= 1.0 for score in result["accuracy"].values())
+        # a count of right answers out of the held-out sequences
+        for score in result["accuracy"].values():
+            right = score * recall["eval_sequences"]
+            assert right == pytest.approx(round(right)) and 0 <= round(right) <= recall["eval_sequences"]
     sizes = [result["parameters"] for result in models.values()]
     assert max(sizes) <= 1.1 * min(sizes)
 

@@ -230,12 +230,19 @@ def test_recorded_output_equals_forward_output():
 
 
 def test_dropout_only_in_training():
+    torch.manual_seed(0)
     module = MultiHeadAttention(E, H, dropout=0.5)
-    x = torch.randn(2, 6, E)
-    module.eval()
-    torch.testing.assert_close(module(x), module(x))
+    without = MultiHeadAttention(E, H)
+    without.load_state_dict(module.state_dict())
+    x = torch.randn(1, 6, E)
+    expected = without(x)
+    torch.testing.assert_close(module.eval()(x), expected)  # eval: as if there were no dropout
     module.train()
-    assert not torch.allclose(module(x), module(x))
+    assert not torch.allclose(module(x), expected)
+    # training: weights dropped with p = 0.5 and the rest doubled, so the mean over many
+    # independent draws is again the output without dropout
+    draws = module(x.expand(4000, 6, E))
+    torch.testing.assert_close(draws.mean(dim=0), expected[0], rtol=0, atol=0.05)
 
 
 def test_shared_rotary_embedding_is_used():

@@ -138,9 +138,70 @@ def test_round_significant_keeps_six_digits():
 
 def test_selected_head_is_chosen_automatically_with_a_reason(minilm_explanation):
     selected = minilm_explanation["selected"]
-    assert 0 <= selected["layer"] < 6 and 0 <= selected["head"] < 12
     layer, head = selected["layer"], selected["head"]
     assert selected["reason"].startswith(f"layer {layer}, head {head}: of all 72 heads")
+    # the chosen head's words look at other words: its attention is not on itself or the markers
+    weights = torch.tensor(minilm_explanation["attention"][layer][head], dtype=torch.float64)
+    words = torch.tensor([w is not None for w in minilm_explanation["word_ids"]])
+    on_other_words = (weights[words][:, words] * (1 - torch.eye(int(words.sum())))).sum(-1).mean()
+    assert on_other_words > 0.5
+
+
+class _HandBuiltEncoder(torch.nn.Module):
+    """What explanation_from_traces reads of a model: 2 layers of 3 heads of 6 dims, no mask."""
+
+    is_causal = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = type("Config", (), {"num_layers": 2, "num_heads": 3, "num_kv_heads": 3,
+                                          "head_dim": 6, "embed_dim": 18})()
+
+
+class _SixTokens:
+    """[CLS] a b c d [SEP], one token per word."""
+
+    special_ids = frozenset({0, 5})
+
+    def token_strings(self, ids):
+        return [["[CLS]", "a", "b", "c", "d", "[SEP]"][i] for i in ids]
+
+    def word_ids(self, ids):
+        return [None, 0, 1, 2, 3, None]
+
+
+def _layer_looking_at(layer: int, targets_per_head: list[list[int]]):
+    """A recorded layer whose head h sends query i (almost) all its attention to key
+    targets_per_head[h][i]: the keys are one-hot, each query a large multiple of its target's key."""
+    from attnlab.attention import attention_trace
+    from attnlab.attention.record import LayerTrace
+
+    key = torch.eye(6).expand(1, 3, 6, 6)  # (batch, heads, seq, head_dim)
+    query = 60 * torch.stack([torch.eye(6)[targets] for targets in targets_per_head])[None]
+    trace = attention_trace(query, key, torch.randn(1, 3, 6, 6))
+    return LayerTrace(layer=layer, name=f"layers.{layer}.attn", attn_input=torch.randn(1, 6, 18),
+                      attention=trace)
+
+
+def test_the_automatic_choice_is_the_head_a_hand_built_attention_makes_best():
+    from attnlab.explain.collect import explanation_from_traces
+
+    itself, cls_sink, previous = [0, 1, 2, 3, 4, 5], [0] * 6, [0, 0, 1, 2, 3, 4]
+    links = [0, 3, 4, 1, 2, 5]  # a<->c, b<->d: every word looks at another word
+    traces = [_layer_looking_at(0, [itself, cls_sink, links]),
+              _layer_looking_at(1, [previous, itself, cls_sink])]
+    links_head = traces[0].attention.weights[0, 2]  # (query, key): one-hot to within 1%
+    assert links_head.argmax(-1).tolist() == links and links_head.max(-1).values.min() > 0.99
+    data = explanation_from_traces(_HandBuiltEncoder(), _SixTokens(), "a b c d", list(range(6)), traces,
+                                   model_name="toy")
+    assert (data["selected"]["layer"], data["selected"]["head"]) == (0, 2)
+    assert data["selected"]["reason"].startswith("layer 0, head 2: of all 6 heads")
+    # the links head moved to layer 1, head 1: the choice follows it
+    traces = [_layer_looking_at(0, [itself, cls_sink, previous]),
+              _layer_looking_at(1, [cls_sink, links, itself])]
+    data = explanation_from_traces(_HandBuiltEncoder(), _SixTokens(), "a b c d", list(range(6)), traces,
+                                   model_name="toy")
+    assert (data["selected"]["layer"], data["selected"]["head"]) == (1, 1)
 
 
 def test_chosen_layer_and_head_are_kept(minilm):

@@ -90,7 +90,32 @@ def test_real_coreference_head_says_it_looks_at_animal(minilm_explanation):
     links = {link["word"]: link for link in word_links(minilm_explanation, 3, 1)}
     assert links["it"]["targets"][0]["word"] == "animal"
     assert links["it"]["targets"][0]["weight"] == pytest.approx(0.68, abs=0.01)
-    assert links["the (2nd)"]["word"] == "the (2nd)"
+
+
+def test_a_repeated_word_reads_its_own_row_of_the_attention(minilm_explanation):
+    """'the (1st)' and 'the (2nd)' are tokens 1 and 7 of EXAMPLE: each one's links are that token's
+    row of the head's weights, and the other 'the' is one of the other words it may look at."""
+    data, layer, head = minilm_explanation, 3, 1
+    tokens, word_ids, weights = data["tokens"], data["word_ids"], data["attention"][layer][head]
+    assert [i for i, token in enumerate(tokens) if token == "the"] == [1, 7]
+    # words of one token that occurs once: their label is the token
+    whole = {tokens[i]: i for i, word in enumerate(word_ids)
+             if word is not None and word_ids.count(word) == 1 and tokens.count(tokens[i]) == 1}
+    links = {link["word"]: link for link in word_links(data, layer, head)}
+    checked = 0
+    for label, own, other_label, other in (("the (1st)", 1, "the (2nd)", 7),
+                                           ("the (2nd)", 7, "the (1st)", 1)):
+        row, link = weights[own], links[label]
+        assert link["itself"] == pytest.approx(row[own], abs=1e-4)
+        assert link["markers"] == pytest.approx(row[0] + row[-1], abs=1e-4)  # [CLS] and [SEP]
+        expected = {other_label: row[other], **{word: row[i] for word, i in whole.items()}}
+        for target in link["targets"]:
+            if target["word"] in expected:
+                assert target["weight"] == pytest.approx(expected[target["word"]], abs=1e-4)
+                checked += 1
+        weights_shown = [target["weight"] for target in link["targets"]]
+        assert weights_shown == sorted(weights_shown, reverse=True)
+    assert checked >= 2
 
 
 def test_summary_json_has_everything_a_script_needs(minilm_explanation):

@@ -155,10 +155,13 @@ def test_gpt2_initialisation_scales_the_residual_projections():
 
 def test_dropout_applies_in_training_only():
     model = small_gpt(dropout=0.3)
+    without = small_gpt()
+    without.load_state_dict(model.state_dict())
     tokens = ids()
-    torch.testing.assert_close(model(tokens), model(tokens), rtol=0, atol=0)
+    expected = without(tokens)
+    torch.testing.assert_close(model(tokens), expected)  # eval: as if there were no dropout
     model.train()
-    assert not torch.allclose(model(tokens), model(tokens))
+    assert not torch.allclose(model(tokens), expected)
     assert all(layer.attn.dropout == 0.3 for layer in model.layers)
 
 

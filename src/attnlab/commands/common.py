@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
+
+# The largest seed torch's generators take (a signed 64-bit integer).
+MAX_SEED = 2**63 - 1
 
 
 class UsageError(Exception):
@@ -30,6 +34,33 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: a whole number >= 0."""
     return _number(text, int, "a whole number", lambda v: v >= 0, ">= 0")
+
+
+def seed(text: str) -> int:
+    """argparse type: a random seed, a whole number from 0 to 2**63 - 1."""
+    return _number(text, int, "a whole number", lambda v: 0 <= v <= MAX_SEED, f"from 0 to {MAX_SEED}")
+
+
+def whole_number_up_to(high: int):
+    """argparse type: a whole number from 1 to ``high`` (a bound on the work a flag can ask for)."""
+    def parse(text: str) -> int:
+        return _number(text, int, "a whole number", lambda v: 1 <= v <= high, f"from 1 to {high:,}")
+    return parse
+
+
+def standard_input(purpose: str):
+    """``sys.stdin``, or a UsageError saying ``purpose`` when there is none (closed by the caller)."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise UsageError(f"standard input is closed; {purpose}")
+    return sys.stdin
+
+
+def read_lines(stream):
+    """The lines of ``stream``; one-line UsageError when it cannot be read or is not text."""
+    try:
+        yield from stream
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read standard input: {err}") from None
 
 
 def probability(text: str) -> float:

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from attnlab.commands.common import UsageError, positive_int
+from attnlab.commands.common import UsageError, positive_int, seed
 
 TOY_WORDS = ["the", "cat", "sat", "on", "the", "mat"]
 
@@ -135,6 +135,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--heads", type=positive_int, default=8, help="attention heads (default: 8)")
     demo.add_argument("--head-dim", type=positive_int, default=64,
                       help="dimensions per head (default: 64)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
     demo.add_argument("--json", action="store_true", help="print the results as JSON")
     demo.set_defaults(run=run)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 from attnlab.commands.common import (
@@ -13,9 +12,16 @@ from attnlab.commands.common import (
     non_negative_float,
     positive_int,
     probability,
+    read_lines,
+    seed,
+    standard_input,
+    whole_number_up_to,
 )
 
 GENERATIVE_MODELS = ["smollm2"]
+# Generation slides its context past the model's window, so the length needs a bound of its own:
+# SmolLM2's whole context, about 11 minutes at 12 tokens/s on 2 cores.
+MAX_NEW_TOKENS = 8192
 DEFAULT_MODEL = "smollm2"
 
 
@@ -91,10 +97,10 @@ def run_generate(args: argparse.Namespace) -> None:
         _print_dim(f"{len(received)} tokens in {seconds:.2f} s ({rate:.1f} tokens/s)")
 
 
-def _lines(interactive: bool):
+def _lines(stdin, interactive: bool):
     """The user's lines: ``input()`` with a prompt on a terminal, plain lines from a pipe."""
     if not interactive:
-        for line in sys.stdin:
+        for line in read_lines(stdin):
             yield line.rstrip("\n")
         return
     while True:
@@ -108,13 +114,15 @@ def _lines(interactive: bool):
 def run_chat(args: argparse.Namespace) -> None:
     from attnlab.generation import ChatSession
 
+    # Before the model loads: a chat with no way to read messages ends at once.
+    stdin = standard_input("chat reads your messages from it (type them, or pipe them in)")
     model, tokenizer = _load(args.model)
     chat = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
                        **_sampling(args))
-    interactive = sys.stdin.isatty()
+    interactive = stdin.isatty()
     if interactive:
         _print_dim(f"Chatting with {args.model}. Ctrl-D or /exit to leave, /reset to start over.")
-    for line in _lines(interactive):
+    for line in _lines(stdin, interactive):
         text = line.strip()
         if not text:
             continue
@@ -145,7 +153,7 @@ def _add_model_argument(parser, default: str | None) -> None:
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
+    parser.add_argument("--max-new-tokens", type=whole_number_up_to(MAX_NEW_TOKENS), default=max_new_tokens,
                         help=f"most tokens to generate (default: {max_new_tokens})")
     parser.add_argument("--temperature", type=non_negative_float, default=0.7,
                         help="sampling temperature; 0 = greedy, always the likeliest token "
@@ -155,7 +163,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int
     parser.add_argument("--top-p", type=probability, default=None,
                         help="sample only from the likeliest tokens that together hold "
                         "probability P (nucleus sampling; default: all)")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--seed", type=seed, default=None,
                         help="random seed: the same seed gives the same text (default: random)")
 
 

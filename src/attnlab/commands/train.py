@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from attnlab.commands.common import UsageError, non_negative_int, positive_int
+from attnlab.commands.common import UsageError, positive_int, seed
 from attnlab.data.shakespeare import VALIDATION_WORKS
 
 
@@ -353,7 +353,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         "instead (default: the preset's)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest complete checkpoint in --out")
-    parser.add_argument("--seed", type=non_negative_int, default=None,
+    parser.add_argument("--seed", type=seed, default=None,
                         help="seed of the weights and the data order (default: the preset's)")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                         help="bf16: forward pass and loss under bfloat16 autocast (weights and "

@@ -15,6 +15,8 @@ from attnlab.commands.common import (
     non_negative_float,
     positive_int,
     prepare_png_dir,
+    read_lines,
+    standard_input,
 )
 
 ALIGNMENT_PNG = "alignment.png"
@@ -41,7 +43,8 @@ def load_translator(path: str):
 def _input_lines(text: str | None) -> list[str]:
     """The sentences to translate: ``text``, or stdin's non-blank lines when it is None or ``-``."""
     if text is None or text == "-":
-        lines = [line.strip() for line in sys.stdin]
+        stdin = standard_input("give the English text as an argument, or pipe sentences in")
+        lines = [line.strip() for line in read_lines(stdin)]
         lines = [line for line in lines if line]
         if not lines:
             raise UsageError("no text to translate on standard input")

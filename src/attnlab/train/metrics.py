@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from attnlab.files import write_text
+
 METRIC_KEYS = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "val_loss", "elapsed_s")
 
 
@@ -45,7 +47,8 @@ class MetricsLog:
         kept = [] if resumed_step is None else [
             r for r in read_metrics(self.path) if r["step"] <= resumed_step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        # Atomically: a crash here must not lose the log of the run being resumed.
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append(self, record: dict) -> None:
         extras = {key: value for key, value in record.items() if key not in METRIC_KEYS}
