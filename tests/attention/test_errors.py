@@ -159,10 +159,50 @@ def test_softcap_must_be_positive(backend, softcap):
         attention(*_qkv(), softcap=softcap, backend=backend)
 
 
-@pytest.mark.parametrize("scale", [float("nan"), float("inf"), "0.5"])
-def test_scale_must_be_a_finite_number(scale):
-    with _raises(ValueError, "scale", "finite", repr(scale)):
-        attention(*_qkv(), scale=scale, backend="reference")
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf"), "0.5"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scale_must_be_a_finite_number(backend, scale):
+    with _raises(ValueError, "scale must be a finite number", repr(scale)):
+        attention(*_qkv(), scale=scale, backend=backend)
+
+
+@pytest.mark.parametrize(("bad", "counts"), [(float("nan"), "1 NaN and 0 +inf"),
+                                             (float("inf"), "0 NaN and 1 +inf")])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float_mask_holding_nan_or_plus_inf_is_rejected(backend, bad, counts):
+    mask = torch.zeros(5, 6)
+    mask[2, 3] = bad
+    with _raises(ValueError, "attn_mask holds", counts, "(5, 6)", "-inf to forbid a key"):
+        attention(*_qkv(), attn_mask=mask, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float_mask_with_minus_inf_is_accepted(backend):
+    mask = torch.zeros(5, 6)
+    mask[:, 0] = -float("inf")
+    out = attention(*_qkv(), attn_mask=mask, backend=backend)
+    assert out.isfinite().all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_on_another_device_than_the_query_is_rejected(backend):
+    mask = torch.ones(5, 6, dtype=torch.bool, device="meta")
+    with _raises(ValueError, "attn_mask must be on the query's device (cpu)", "got meta"):
+        attention(*_qkv(), attn_mask=mask, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "tiled", "auto"])
+def test_alibi_slopes_on_another_device_than_the_query_are_rejected(backend):
+    with _raises(ValueError, "alibi_slopes must be on the query's device (cpu)", "got meta"):
+        attention(*_qkv(), alibi_slopes=torch.ones(4, device="meta"), backend=backend)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("backend", ["reference", "tiled", "auto"])
+def test_non_finite_alibi_slopes_are_rejected(backend, bad):
+    slopes = torch.tensor([0.5, bad, 0.25, 0.125])
+    with _raises(ValueError, "alibi_slopes must be finite", str(bad)):
+        attention(*_qkv(), alibi_slopes=slopes, backend=backend)
 
 
 @pytest.mark.parametrize("slopes", [torch.ones(2), torch.ones(1, 4), torch.ones(4, 1)])
@@ -201,3 +241,10 @@ def test_attention_trace_validates_its_inputs_like_attention():
     query, key, value = _qkv(q_shape=(2, 4, 5, 8), k_shape=(2, 4, 6, 7))
     with _raises(ValueError, "head_dim", "query (2, 4, 5, 8)", "key (2, 4, 6, 7)"):
         attention_trace(query, key, value)
+
+
+def test_expanded_float_mask_counts_each_bad_entry_once():
+    mask = torch.zeros(5, 6)
+    mask[1, 1] = float("nan")
+    with _raises(ValueError, "attn_mask holds 1 NaN and 0 +inf", "(2, 4, 5, 6)"):
+        attention(*_qkv(), attn_mask=mask.expand(2, 4, 5, 6), backend="tiled")

@@ -129,11 +129,14 @@ def test_ring_without_torch_distributed_says_how_to_start_it():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(key=torch.randn(1, 3, 4, 8)), "same batch and heads"),
+    (dict(key=torch.randn(1, 3, 4, 8), value=torch.randn(1, 3, 4, 8)), "as many key/value heads"),
+    (dict(key=torch.randn(1, 3, 4, 8)), "key and value must have the same heads and seq length"),
     (dict(key=torch.randn(1, 2, 4, 6), value=torch.randn(1, 2, 4, 6)), "same head_dim"),
     (dict(key=torch.randn(1, 2, 5, 8), value=torch.randn(1, 2, 5, 8), is_causal=True), "one length"),
-    (dict(query=torch.randn(4, 8)), r"\(\.\.\., heads, seq, dim\)"),
+    (dict(query=torch.randn(4, 8)), r"\(\.\.\., heads, seq, head_dim\)"),
     (dict(chunk_size=0), "chunk_size"),
+    (dict(scale=float("nan")), "scale must be a finite number"),
+    (dict(key=torch.randn(1, 2, 4, 8, device="meta")), "one device"),
 ])
 def test_ring_rejects_bad_arguments(kwargs, message):
     args = dict(query=torch.randn(1, 2, 4, 8), key=torch.randn(1, 2, 4, 8), value=torch.randn(1, 2, 4, 8))

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from attnlab.attention import tiled
+from attnlab.attention.functional import _shapes, _validate_qkv, _validate_scale
 
 #: Default positions per travelling chunk: bounds a process's extra memory. Measured at n = 32768,
 #: H=8, D=64, two processes (benchmarks/ring_attention.py): 512 -> 362 MiB per process in 86 s,
@@ -253,25 +254,14 @@ class _RingAttentionFunction(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
 
 
-def _check(query, key, value, is_causal, chunk_size):
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be floating point, got {t.dtype}")
-        if t.dim() < 3:
-            raise ValueError(f"{name} must be (..., heads, seq, dim), got shape {tuple(t.shape)}")
-    if not query.dtype == key.dtype == value.dtype:
-        raise TypeError(f"query, key and value must share a dtype, got {query.dtype}, {key.dtype}, "
-                        f"{value.dtype}")
-    if query.shape[:-2] != key.shape[:-2] or key.shape[:-1] != value.shape[:-1]:
+def _validate_ring_shards(query, key, value, is_causal, chunk_size) -> None:
+    """:func:`attention`'s checks of query/key/value, plus what the ring itself needs."""
+    _validate_qkv(query, key, value)
+    if query.shape[-3] != key.shape[-3]:
         raise ValueError(
-            "ring_attention needs the same batch and heads in query, key and value and the same "
-            f"length in key and value, got {tuple(query.shape)}, {tuple(key.shape)}, "
-            f"{tuple(value.shape)} (repeat key/value heads for grouped-query attention)"
+            f"ring_attention needs as many key/value heads as query heads, got "
+            f"{_shapes(query, key, value)} (repeat key/value heads for grouped-query attention)"
         )
-    if query.shape[-1] != key.shape[-1]:
-        raise ValueError(f"query and key need the same head_dim, got {query.shape[-1]} and {key.shape[-1]}")
     if is_causal and query.shape[-2] != key.shape[-2]:
         raise ValueError(f"causal ring attention needs query and key shards of one length, got "
                          f"{query.shape[-2]} and {key.shape[-2]}")
@@ -311,10 +301,10 @@ def ring_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         ``(..., H, Lq, Dv)``: this shard's rows of ``attention(full_query, full_key, full_value,
         is_causal=is_causal, scale=scale)``, differentiable (the backward runs the ring again).
     """
-    _check(query, key, value, is_causal, chunk_size)
+    _validate_ring_shards(query, key, value, is_causal, chunk_size)
+    scale = _validate_scale(scale, query.shape[-1])
     ring = _Ring(group)
     _check_shards_agree(ring, query, key, value)
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     q = query.reshape(-1, *query.shape[-2:])
     k = key.reshape(-1, *key.shape[-2:])
     v = value.reshape(-1, *value.shape[-2:])
