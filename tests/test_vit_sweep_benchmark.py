@@ -88,7 +88,7 @@ def test_a_sweep_of_the_tiny_preset_trains_each_variant_with_its_overrides(tmp_p
         saved = json.loads((checkpoint / "config.json").read_text())
         assert saved["embed_dim"] == 96  # the override reached the model
     assert results["broken"]["final"] is None and results["broken"]["returncode"] != 0
-    assert "patch_overlap must be a whole number >= 0" in (tmp_path / "runs" / "broken.log").read_text()
+    assert "patch_overlap=-1 is outside [0, 1024]" in (tmp_path / "runs" / "broken.log").read_text()
     text = stdout.getvalue()
     assert "| wide | 2 |" in text and "failed (exit" in text
 
