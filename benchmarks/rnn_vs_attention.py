@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnlab.attention import KVCache, MultiHeadAttention, choose_backend
-from attnlab.explain.files import save_figure, write_atomically
+from attnlab.explain.files import save_figure
+from attnlab.files import write_atomically
 from attnlab.models.blocks import FeedForward
 
 THREADS = 2

@@ -83,16 +83,21 @@ class Sampling:
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
 
-    def pick(self, logits: torch.Tensor, generator: torch.Generator) -> int:
-        """The next token id from ``(vocab,)`` logits."""
-        if self.temperature == 0:
-            return int(logits.argmax())
+    def filtered(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(vocab,)`` logits divided by the temperature, ``-inf`` where top-k/top-p drop a token:
+        their softmax is the distribution :meth:`pick` draws from. Needs ``temperature > 0``."""
         logits = logits.float() / self.temperature
         if self.top_k is not None:
             logits = top_k_filter(logits, self.top_k)
         if self.top_p is not None:
             logits = top_p_filter(logits, self.top_p)
-        return int(torch.multinomial(logits.softmax(dim=-1), 1, generator=generator))
+        return logits
+
+    def pick(self, logits: torch.Tensor, generator: torch.Generator) -> int:
+        """The next token id from ``(vocab,)`` logits."""
+        if self.temperature == 0:
+            return int(logits.argmax())
+        return int(torch.multinomial(self.filtered(logits).softmax(dim=-1), 1, generator=generator))
 
 
 def _check_max_new_tokens(max_new_tokens: int) -> None:

@@ -8,7 +8,7 @@ explain``, the translation and vision pages, and the live page of ``attnlab serv
 - :func:`save_figure` saves a matplotlib figure as a PNG.
 
 Writing itself (atomic, and never over a file attnlab did not write) lives in
-:mod:`attnlab.files`; ``write_atomically`` and ``write_text`` are importable from here too.
+:mod:`attnlab.files`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from attnlab.files import write_atomically, write_png, write_text
+from attnlab.files import write_png
 
-__all__ = ["fill_template", "read_template", "save_figure", "script_json", "write_atomically",
-           "write_text"]
+__all__ = ["fill_template", "read_template", "save_figure", "script_json"]
 
 INCLUDE = re.compile(r"\{\{include:([A-Za-z0-9_.-]+)\}\}")
 PLACEHOLDER = re.compile(r"\{\{(title|data)\}\}")

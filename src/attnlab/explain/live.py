@@ -14,7 +14,6 @@ The JSON shapes are documented in ``docs/serve-api.md``.
 from __future__ import annotations
 
 import base64
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
@@ -32,7 +31,7 @@ from attnlab.explain.collect import (
     readable_token,
     round_significant,
 )
-from attnlab.generation import Sampling, new_generator, top_k_filter, top_p_filter
+from attnlab.generation import Sampling, new_generator
 
 TOP_CANDIDATES = 100  # next-token candidates sent with their text; the rest only as logits
 PATH_TOP = 5  # final candidates shown at the end of a token's path
@@ -447,13 +446,7 @@ def _sampling_probability(logits: torch.Tensor, sampling: Sampling, token: int) 
     """The probability ``sampling`` gave ``token`` (1 for greedy): the distribution it drew from."""
     if sampling.temperature == 0:
         return 1.0
-    scaled = logits.float() / sampling.temperature
-    if sampling.top_k is not None:
-        scaled = top_k_filter(scaled, sampling.top_k)
-    if sampling.top_p is not None:
-        scaled = top_p_filter(scaled, sampling.top_p)
-    probability = float(torch.softmax(scaled.double(), dim=-1)[token])
-    return probability if math.isfinite(probability) else 0.0
+    return float(torch.softmax(sampling.filtered(logits).double(), dim=-1)[token])
 
 
 __all__ = ["Edit", "Run", "compare_runs", "describe_edit", "generation_steps", "next_candidates",

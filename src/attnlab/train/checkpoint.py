@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnlab.files import fsync
 from attnlab.models.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -173,14 +174,6 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def model_config(model: nn.Module) -> dict:
     """``config.json``'s content for ``model``, as JSON would give it back (tuples as lists)."""
     return json.loads(json.dumps({"model_type": type(model).__name__, **asdict(model.config)}))
@@ -256,12 +249,12 @@ def _write_manifest(folder: Path, step: int) -> None:
     """Fsync every file, then record its size and sha256 in ``manifest.json`` (fsynced too)."""
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        _fsync(path)
+        fsync(path)
         files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     manifest = folder / MANIFEST_FILE
     manifest.write_text(json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1) + "\n")
-    _fsync(manifest)
-    _fsync(folder)
+    fsync(manifest)
+    fsync(folder)
 
 
 def _install(staging: Path, target: Path) -> None:
@@ -273,7 +266,7 @@ def _install(staging: Path, target: Path) -> None:
         replaced = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{PARTIAL_PREFIX}replaced-"))
         os.replace(target, replaced / target.name)
     os.replace(staging, target)
-    _fsync(target.parent)
+    fsync(target.parent)
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
 
