@@ -290,3 +290,11 @@ def test_your_own_gpt_is_explained_with_its_own_numbers(explorer, served_models)
     assert answer["path"]["position"] == len(ids) - 1
     assert len(answer["path"]["layers"]) == gpt.model.config.num_layers
     assert answer["explanation"]["model"]["title"].startswith("Your GPT")
+
+
+def test_a_prompt_outside_a_character_vocabulary_is_a_readable_400(explorer, served_models):
+    gpt = served_models[2]
+    for path in ("api/explain", "api/generate"):
+        answer = post(explorer, path, {"model": gpt.id, "text": "日本語"})
+        assert answer.status_code == 400, path
+        assert "\n" not in answer.json()["error"]

@@ -315,7 +315,10 @@ class Explorer:
         text, edit = _text(body), _edit(body)
         sampling, seed = _sampling(body)
         max_new = _whole(body.get("max_new_tokens", 20), "max_new_tokens", 1, MAX_NEW_TOKENS)
-        ids = served.tokenizer.encode(text) if text else []
+        try:
+            ids = served.tokenizer.encode(text)
+        except ValueError as err:  # e.g. a character a character-level vocabulary lacks
+            raise RequestError(400, str(err)) from None
         limit = served.max_prompt_tokens
         if not ids:
             raise RequestError(400, "The text has no tokens the model knows.")
