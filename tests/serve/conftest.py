@@ -8,7 +8,7 @@ tiny GPT trained here with ``attnlab train gpt --preset shakespeare-char-tiny``;
 import pytest
 
 from attnlab.serve.app import ServedModel
-from attnlab.serve.models import EXAMPLES, load_gpt
+from attnlab.serve.models import EXAMPLES, load_checkpoint_part
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def served_models(minilm, smollm2, tiny_gpt_run):
         kind = "decoder" if model.is_causal else "encoder"
         models.append(ServedModel(id=name, title=title, description=description, model=model,
                                   tokenizer=tokenizer, example=EXAMPLES[kind]))
-    models.append(load_gpt(tiny_gpt_run, {m.id for m in models}))
+    models.append(load_checkpoint_part(tiny_gpt_run, {m.id for m in models}))
     return models
 
 

@@ -26,7 +26,7 @@ def _port(text: str) -> int:
 
 
 def _load(args: argparse.Namespace) -> list:
-    from attnlab.serve.models import LoadError, load_gpt, load_named
+    from attnlab.serve.models import LoadError, load_checkpoint_part, load_named
 
     names = list(dict.fromkeys(args.model or ([] if args.checkpoint else [DEFAULT_MODEL])))
     models = []
@@ -35,7 +35,8 @@ def _load(args: argparse.Namespace) -> list:
         start = time.perf_counter()
         print(f"Loading {value}...", end=" ", file=sys.stderr, flush=True)
         try:
-            served = load_named(value) if kind == "model" else load_gpt(value, {m.id for m in models})
+            taken = {m.id for m in models}
+            served = load_named(value) if kind == "model" else load_checkpoint_part(value, taken)
         except LoadError as err:
             print("failed", file=sys.stderr)
             raise UsageError(str(err)) from None
@@ -91,6 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="a pretrained model to offer: minilm (a sentence encoder) or smollm2 "
                        "(a small chat model); repeat for several (default: minilm)")
     serve.add_argument("--checkpoint", action="append", metavar="DIR",
-                       help="a GPT trained with `attnlab train gpt` (its --out folder or a "
-                       "checkpoint folder); repeat for several")
+                       help="a model trained with attnlab: `train gpt` (Write), `train translate` "
+                       "(Translate, Transformer or LSTM) or `train vit` (Recognise a picture); its "
+                       "--out folder or a checkpoint folder, recognised by what it holds; repeat "
+                       "for several")
     serve.set_defaults(run=run)

@@ -4,7 +4,7 @@ This is the one home of templating for every page attnlab makes (``attnlab
 explain``, the translation and vision pages, and the live page of ``attnlab serve``):
 
 - :func:`fill_template` reads ``templates/NAME``, expands ``{{include:OTHER}}`` (recursively),
-  then fills ``{{title}}`` and ``{{data}}`` in one pass;
+  then fills ``{{title}}``, ``{{data}}`` and ``{{strings}}`` in one pass;
 - :func:`save_figure` saves a matplotlib figure as a PNG.
 
 Writing itself (atomic, and never over a file attnlab did not write) lives in
@@ -25,7 +25,7 @@ from attnlab.files import write_png
 __all__ = ["fill_template", "read_template", "save_figure", "script_json"]
 
 INCLUDE = re.compile(r"\{\{include:([A-Za-z0-9_.-]+)\}\}")
-PLACEHOLDER = re.compile(r"\{\{(title|data)\}\}")
+PLACEHOLDER = re.compile(r"\{\{(title|data|strings)\}\}")
 MAX_INCLUDE_DEPTH = 8
 
 
@@ -61,16 +61,21 @@ def script_json(data) -> str:
     return payload
 
 
-def fill_template(name: str, *, title: str, data) -> str:
+def fill_template(name: str, *, title: str, data, strings: dict | None = None) -> str:
     """``templates/name`` as one self-contained page.
 
     ``{{include:OTHER}}`` placeholders (CSS, scripts, shared HTML fragments) are expanded first;
     then ``{{title}}`` becomes ``title`` HTML-escaped and ``{{data}}`` becomes ``data`` as JSON
     safe inside a ``<script>`` element (:func:`script_json`). The second step is a single pass,
     so placeholder-looking text inside the title or the data stays as it is. Raises
-    ``ValueError`` when ``data`` is not JSON-serialisable.
+    ``ValueError`` when ``data`` is not JSON-serialisable. ``{{strings}}`` becomes the string
+    tables the page's text comes from (``strings``, else
+    :func:`attnlab.explain.i18n.page_strings` in English).
     """
-    parts = {"title": html.escape(title), "data": script_json(data)}
+    from attnlab.explain.i18n import page_strings
+
+    parts = {"title": html.escape(title), "data": script_json(data),
+             "strings": script_json(strings if strings is not None else page_strings())}
     return PLACEHOLDER.sub(lambda match: parts[match.group(1)], read_template(name))
 
 

@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -31,6 +32,7 @@ from starlette.routing import Route
 
 from attnlab.explain.collect import default_max_tokens
 from attnlab.explain.files import fill_template
+from attnlab.explain.i18n import page_strings
 from attnlab.explain.live import Edit, Run, compare_runs, generation_steps, run_text
 from attnlab.generation import Sampling
 
@@ -214,17 +216,31 @@ def _sampling(body: dict) -> tuple[Sampling, int | None]:
 class Explorer:
     """The routes, over the models given at start."""
 
-    def __init__(self, models: list[ServedModel]) -> None:
-        if not models:
+    def __init__(self, models: list[ServedModel], apps: Sequence = ()) -> None:
+        if not models and not apps:
             raise ValueError("the explorer needs at least one model")
         self.models = {m.id: m for m in models}
+        # Translators and picture classifiers (serve/translate.py, serve/vision.py): each has an
+        # ``id``, a ``kind`` ("translate" or "vision"), ``describe()`` and a ``queue``.
+        self.apps = {a.id: a for a in apps}
         self.stats = {"generations_started": 0, "generations_finished": 0,
                       "generations_stopped": 0, "tokens_generated": 0}
 
     def config(self) -> dict:
         return {"version": 1, "models": [m.describe() for m in self.models.values()],
+                "apps": [a.describe() for a in self.apps.values()],
                 "limits": {"max_text_chars": MAX_TEXT_CHARS, "max_new_tokens": MAX_NEW_TOKENS,
                            "max_request_bytes": MAX_REQUEST_BYTES}}
+
+    def app(self, body: dict, kind: str):
+        """The translator or classifier ``body["app"]`` names; 400 when it is not one of ``kind``."""
+        name = body.get("app")
+        served = self.apps.get(name)
+        if served is None or served.kind != kind:
+            ids = [a.id for a in self.apps.values() if a.kind == kind]
+            raise RequestError(400, f"unknown {kind} model {json.dumps(name)}; this server has: "
+                                    f"{', '.join(ids) or 'none'}")
+        return served
 
     def _model(self, body: dict) -> ServedModel:
         name = body.get("model")
@@ -256,14 +272,15 @@ class Explorer:
         return run
 
     async def page(self, request: Request) -> Response:
-        page = fill_template("serve.html", title="attnlab: explore attention", data=self.config())
+        page = fill_template("serve.html", title="attnlab: explore attention", data=self.config(),
+                             strings=page_strings(follow_browser=True))
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
     async def models_list(self, request: Request) -> Response:
         return FastJSONResponse(self.config())
 
     async def explain(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         served = self._model(body)
         text, edit = _text(body), _edit(body)
         layer, head = self._head(served, body)
@@ -279,7 +296,7 @@ class Explorer:
         return FastJSONResponse(await served.queue.run(_as_request_error(job)))
 
     async def whatif(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         served = self._model(body)
         text, edit = _text(body), _edit(body)
         if not edit:
@@ -307,7 +324,7 @@ class Explorer:
         return FastJSONResponse(await served.queue.run(_as_request_error(job)))
 
     async def generate(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         served = self._model(body)
         if not served.causal:
             raise RequestError(400, f"{served.title} reads text but does not write it; pick a "
@@ -393,23 +410,31 @@ def _sentence(message: str) -> str:
     return message if message.endswith((".", "!", "?")) else message + "."
 
 
-async def _json_body(request: Request) -> dict:
+async def read_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
+    """The raw body of a POST, refused with 413 past ``limit`` bytes (declared or streamed)."""
+    if request.method != "POST":
+        raise RequestError(405, "use POST")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise RequestError(413, f"the request is larger than {limit:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the request is larger than {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> dict:
     if request.method != "POST":
         raise RequestError(405, "use POST")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise RequestError(415, "send the request body as JSON (Content-Type: application/json)")
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_REQUEST_BYTES):
-        raise RequestError(413, f"the request is larger than {MAX_REQUEST_BYTES:,} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_REQUEST_BYTES:
-            raise RequestError(413, f"the request is larger than {MAX_REQUEST_BYTES:,} bytes")
-        chunks.append(chunk)
+    raw = await read_body(request, limit)
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise RequestError(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -480,9 +505,15 @@ def allowed_hosts(host: str, port: int) -> set[str]:
     return values
 
 
-def create_app(models: list[ServedModel], *, host: str = "127.0.0.1", port: int = 8000) -> Starlette:
-    """The explorer for ``models``, answering requests addressed to ``host:port``."""
-    explorer = Explorer(models)
+def create_app(models: list[ServedModel], *, host: str = "127.0.0.1", port: int = 8000,
+               apps: Sequence = ()) -> Starlette:
+    """The explorer for ``models`` (language models) and ``apps`` (translators and picture
+    classifiers), answering requests addressed to ``host:port``."""
+    from attnlab.serve import translate, vision
+
+    # The runner passes every part in one list: language models, then translators and classifiers.
+    apps = [*(m for m in models if not isinstance(m, ServedModel)), *apps]
+    explorer = Explorer([m for m in models if isinstance(m, ServedModel)], apps)
 
     def route(path, endpoint, methods):
         async def handler(request: Request) -> Response:
@@ -510,6 +541,8 @@ def create_app(models: list[ServedModel], *, host: str = "127.0.0.1", port: int 
         route("/api/explain", explorer.explain, ["POST"]),
         route("/api/whatif", explorer.whatif, ["POST"]),
         route("/api/generate", explorer.generate, ["POST"]),
+        *(route(path, endpoint, methods) for part in (translate, vision)
+          for path, endpoint, methods in part.routes(explorer)),
     ], exception_handlers={404: not_found, 405: not_found})
     app.state.explorer = explorer
     app.add_middleware(GuardMiddleware, allowed_hosts=allowed_hosts(host, port))

@@ -35,21 +35,11 @@ def load_named(name: str) -> ServedModel:
                        tokenizer=tokenizer, example=EXAMPLES[kind])
 
 
-def load_gpt(folder: str | Path, taken: set[str]) -> ServedModel:
-    """A GPT trained with ``attnlab train gpt`` (a checkpoint or a run's ``--out`` folder)."""
-    from attnlab.models.gpt import GPT
-    from attnlab.train.checkpoint import CheckpointError, load_checkpoint
-
-    try:
-        loaded = load_checkpoint(folder, model_class=GPT)
-    except (CheckpointError, OSError, ValueError) as err:
-        raise LoadError(f"--checkpoint {folder}: {err}") from None
+def gpt_part(folder: str | Path, loaded, taken: set[str]) -> ServedModel:
+    """The Write part for a GPT trained with ``attnlab train gpt`` (``loaded`` from ``folder``)."""
     if loaded.tokenizer is None:
         raise LoadError(f"--checkpoint {folder}: {loaded.folder} has no tokenizer beside its GPT")
-    base = "gpt-" + (Path(folder).resolve().name or "checkpoint")
-    name, number = base, 2
-    while name in taken:
-        name, number = f"{base}-{number}", number + 1
+    name = unique_id("gpt-" + (Path(folder).resolve().name or "checkpoint"), taken)
     cfg = loaded.model.config
     description = (f"Your own GPT, trained with attnlab ({cfg.num_layers} layers x {cfg.num_heads} "
                    f"heads, {loaded.step:,} steps, reads {cfg.max_positions} tokens at most). It "
@@ -62,3 +52,36 @@ def load_gpt(folder: str | Path, taken: set[str]) -> ServedModel:
         example = "the"
     return ServedModel(id=name, title=f"Your GPT ({Path(folder).name})", description=description,
                        model=loaded.model, tokenizer=loaded.tokenizer, example=example)
+
+
+def load_checkpoint_part(folder: str | Path, taken: set[str]):
+    """The part of the explorer a checkpoint folder makes, recognised by the checkpoint itself
+    (its ``meta.json`` task): a GPT (the Write part), a translator (Translate) or a ViT
+    (Recognise a picture). ``taken`` holds the ids already in use."""
+    from attnlab.train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        loaded = load_checkpoint(folder)
+    except (CheckpointError, OSError, ValueError) as err:
+        raise LoadError(f"--checkpoint {folder}: {err}") from None
+    task = loaded.meta.get("task")
+    if task == "gpt":
+        return gpt_part(folder, loaded, taken)
+    if task == "translate":
+        from attnlab.serve.translate import translator_part
+
+        return translator_part(folder, loaded, taken)
+    if task == "vit":
+        from attnlab.serve.vision import classifier_part
+
+        return classifier_part(folder, loaded, taken)
+    raise LoadError(f"--checkpoint {folder}: a {task!r} run; the explorer serves checkpoints of "
+                    "`attnlab train gpt`, `train translate` and `train vit`")
+
+
+def unique_id(base: str, taken: set[str]) -> str:
+    """``base``, or ``base-2``, ``base-3``... when taken."""
+    name, number = base, 2
+    while name in taken:
+        name, number = f"{base}-{number}", number + 1
+    return name

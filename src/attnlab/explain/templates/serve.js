@@ -836,7 +836,10 @@
   fillModels();
   wire();
   if (!config.models.length) {
-    showError("The server serves no model: start it with “attnlab serve --model minilm” (or another model).");
+    // Only translators or classifiers: serve_parts.js hides this part.
+    if (!(config.apps || []).length) {
+      showError("The server serves no model: start it with “attnlab serve --model minilm” (or another model).");
+    }
   } else {
     chooseModel(config.models[0].id, true);
   }

@@ -1,0 +1,1 @@
+/* attnlab serve: the translate part (placeholder until issue 22 lands). */

@@ -1,0 +1,1 @@
+/* attnlab serve: the vision part (placeholder until issue 22 lands). */
