@@ -80,8 +80,8 @@ def measure_training(preset_name: str, steps: int, repeats: int) -> dict[str, di
 
 
 def measure_latency(checkpoints: dict[str, str], count: int) -> dict[str, dict]:
-    from attnlab.commands.translate import load_translator
     from attnlab.data.bible import split_pairs, verse_pairs
+    from attnlab.train.runs import load_translator
 
     loaded = {arch: load_translator(path) for arch, path in checkpoints.items()}
     sentences = [pair.en for pair in spread(split_pairs(verse_pairs())[2], count)]

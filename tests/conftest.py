@@ -1,5 +1,11 @@
-"""Shared test configuration: the ``cuda`` marker's auto-skip, tiled block-size fixtures, and the
-pretrained models, loaded once per session for every test folder.
+"""Shared test configuration: the ``cuda`` marker's auto-skip, tiled block-size fixtures, the
+pretrained models, loaded once per session for every test folder, and ``browser``.
+
+``browser`` is Debian's Chromium driven by Playwright's sync API from the main thread, launched
+once per session (a missing one fails, never skips: CI installs it with scripts/setup.sh
+--dev). Playwright's sync API allows one instance per thread, so every test that drives a page
+from the main thread uses this one; tests/serve's live-page modules drive theirs from worker
+threads of their own.
 
 ``minilm`` and ``smollm2`` are ``(model, tokenizer)`` as ``load_pretrained(name)`` returns them
 (built by calling the loaders directly, so that CLI tests may patch ``load_pretrained`` to hand
@@ -9,6 +15,7 @@ dequantizes the whole file, so it happens once per run.
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +31,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright is not installed: run scripts/setup.sh --dev")
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup.sh --dev")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture

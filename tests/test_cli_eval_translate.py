@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from attnlab.commands.eval import best_and_worst, bucket_label, scores_by_length
 from attnlab.data.bible import VersePair
+from attnlab.train.evaluate import best_and_worst, bucket_label, scores_by_length
 
 REF = "the cat sat on the mat"
 LONGER = "the cat sat on the mat today"  # REF and one more word

@@ -32,14 +32,20 @@ def test_precision_option_sets_or_keeps_the_presets_bf16(option, expected):
 def test_a_presets_bf16_falls_back_to_fp32_only_where_bf16_is_slow(monkeypatch, capsys, fast):
     monkeypatch.setattr("attnlab.train.precision.bf16_is_fast", lambda device: fast)
     fields = {"batch_size": 8, "bf16": True}
-    chosen = train_command._precision_for_this_machine(fields, run_options())
+    chosen = train_command._fresh_fields(fields, run_options(), is_main=True)
     assert chosen == {"batch_size": 8, "bf16": fast} and fields["bf16"] is True  # the preset is untouched
     note = capsys.readouterr().err
     assert ("training in float32" in note and "--precision bf16 forces bf16" in note) is not fast
     # Asked for by name, bf16 is obeyed anywhere; a preset without bf16 is never changed.
-    assert train_command._precision_for_this_machine(fields, run_options(precision="bf16")) is fields
-    assert train_command._precision_for_this_machine({"bf16": False}, run_options()) == {"bf16": False}
+    assert train_command._fresh_fields(fields, run_options(precision="bf16"), is_main=True) is fields
+    assert train_command._fresh_fields({"bf16": False}, run_options(), is_main=True) == {"bf16": False}
     assert capsys.readouterr().err == ""
+
+
+def test_only_the_main_process_prints_the_fallback_note(monkeypatch, capsys):
+    monkeypatch.setattr("attnlab.train.precision.bf16_is_fast", lambda device: False)
+    chosen = train_command._fresh_fields({"bf16": True}, run_options(), is_main=False)
+    assert chosen == {"bf16": False} and capsys.readouterr().err == ""
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def test_training_records_the_task_preset_and_arch(run_dir):
 @pytest.fixture(scope="module")
 def translator(run_dir):
     """The run's latest checkpoint, loaded in this process: what the commands must agree with."""
-    from attnlab.commands.translate import load_translator
+    from attnlab.train.runs import load_translator
 
     return load_translator(str(run_dir))
 

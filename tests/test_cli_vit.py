@@ -94,9 +94,9 @@ def test_eval_on_the_validation_split_matches_the_training_runs_last_score(run_d
 
 
 def test_predict_classes_is_the_best_mean_log_probability_over_the_views(run_dir):
-    from attnlab.commands.classify import load_classifier
-    from attnlab.commands.eval import predict_classes
     from attnlab.data.images import ONE_PIXEL_SHIFTS
+    from attnlab.train.evaluate import predict_classes
+    from attnlab.train.runs import load_classifier
 
     loaded, _, _, normalization = load_classifier(str(run_dir[0]))
     model = loaded.model.double().eval()
@@ -134,7 +134,7 @@ def test_classify_reads_user_pictures(run_dir, digit_files, tmp_path):
 
 
 def test_classify_probabilities_are_the_models(run_dir, digit_files, attnlab_cli):
-    from attnlab.commands.classify import load_classifier
+    from attnlab.train.runs import load_classifier
 
     loaded, _, classes, normalization = load_classifier(str(run_dir[0]))
     path, _ = digit_files[0]
@@ -188,6 +188,7 @@ def test_bad_checkpoints_and_options_are_one_line_errors(run_dir, tmp_path, attn
     assert code == 2 and "is a file, not a folder" in err
 
 
+@pytest.mark.slow  # 15 s; tests/train/test_distributed.py covers torchrun ranks by default
 def test_train_vit_under_torchrun_two_processes(tmp_path):
     """`torchrun --nproc-per-node 2 attnlab train vit`: both ranks train one model (saved once,
     world size 2 recorded), only rank 0 reports, and the loss falls."""
@@ -207,6 +208,7 @@ def test_train_vit_under_torchrun_two_processes(tmp_path):
 
 
 
+@pytest.mark.slow  # 19 s
 def test_a_time_budget_stops_both_torchrun_ranks_at_the_same_step(tmp_path):
     """With --budget-minutes every rank must agree on the time spent: the same learning rate at
     each step and the same last step (a disagreement would leave one rank waiting forever)."""
@@ -231,9 +233,10 @@ def test_a_time_budget_stops_both_torchrun_ranks_at_the_same_step(tmp_path):
 def test_the_validation_split_of_an_unknown_preset_is_a_clear_error():
     from types import SimpleNamespace
 
-    from attnlab.commands.common import UsageError
-    from attnlab.commands.eval import evaluate_classifier
+    from attnlab.train.checkpoint import CheckpointError
+    from attnlab.train.evaluate import evaluate_classifier
 
     loaded = SimpleNamespace(folder="runs/old", meta={"preset": "gone"}, train_config=SimpleNamespace(seed=0))
-    with pytest.raises(UsageError, match="preset 'gone', not one of tiny, fashion-mnist, so its validation"):
+    with pytest.raises(CheckpointError,
+                       match="preset 'gone', not one of tiny, fashion-mnist, so its validation"):
         evaluate_classifier(loaded, "mnist-5k", [str(d) for d in range(10)], None, split="validation")

@@ -69,6 +69,7 @@ def test_every_recorded_round_names_settings_that_exist(path):
         variant.model_config(10)
 
 
+@pytest.mark.slow  # 15 s of training
 def test_a_sweep_of_the_tiny_preset_trains_each_variant_with_its_overrides(tmp_path):
     configs = {
         "wide-s0": [{"model_overrides": {"embed_dim": 96}, "train": {"eval_batches": 1}}, 6],

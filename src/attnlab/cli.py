@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from attnlab.commands.common import UsageError
+from attnlab.errors import AttnlabError
 
 # Order = order in `attnlab --help`.
 COMMAND_MODULES = ["explain", "serve", "demo", "generate", "train", "eval", "translate", "classify", "cost"]
@@ -49,19 +49,26 @@ def _add_debug(sub: argparse._SubParsersAction, debug_help: str) -> None:
                                  help=debug_help)
 
 
+def _message(error: BaseException) -> str:
+    """``error``'s message on one line (a path or a quoted value may hold line breaks)."""
+    return " ".join(str(error).split()) or "no message"
+
+
 def _one_line(error: BaseException) -> str:
     """What failed, on one line: the exception's type and message."""
-    message = " ".join(str(error).split()) or "no message"
-    return f"{type(error).__name__}: {message}"
+    return f"{type(error).__name__}: {_message(error)}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``attnlab ARGV``; the exit status: 0 done, 2 a user mistake (an :class:`AttnlabError`
+    or argparse's refusal, one line on stderr), 1 anything unforeseen (one line, unless
+    ``--debug``), 130 Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except UsageError as err:
-        print(f"attnlab {args.command}: error: {err}", file=sys.stderr)
+    except AttnlabError as err:  # the user's input or environment: the one place they are told
+        print(f"attnlab {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

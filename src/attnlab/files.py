@@ -30,6 +30,8 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from attnlab.errors import AttnlabError
+
 GENERATOR = "attnlab"
 HTML_MARK = f'<meta name="generator" content="{GENERATOR}">'
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -39,7 +41,7 @@ JSON_MARK = b'{\n  "generator": "' + GENERATOR.encode() + b'"'  # how write_json
 MARK_WINDOW = 4096
 
 
-class NotOursError(FileExistsError):
+class NotOursError(AttnlabError, FileExistsError):
     """A file that attnlab did not write is where attnlab would write; nothing was written."""
 
 

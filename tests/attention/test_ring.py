@@ -106,7 +106,7 @@ def _unequal_shards_job(rank, world):
     ring_attention(q, q, q)
 
 
-@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("world", [1, 2, pytest.param(4, marks=pytest.mark.slow)])  # 4: 10 s
 def test_ring_matches_single_process_attention_outputs_and_gradients(world, tmp_path):
     _launch_expecting_success(world, _parity_job, tmp_path)
 

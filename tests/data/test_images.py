@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 
 import pytest
@@ -11,7 +12,9 @@ from PIL import Image
 
 from attnlab.data.images import (
     FASHION_MNIST_CLASSES,
+    MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
     ONE_PIXEL_SHIFTS,
     ImageDataError,
     Normalization,
@@ -25,6 +28,7 @@ from attnlab.data.images import (
     shift,
     train_val_split,
 )
+from attnlab.errors import AttnlabError
 
 
 def _idx_bytes(type_code: int, shape: tuple[int, ...], payload: bytes) -> bytes:
@@ -195,3 +199,58 @@ def test_load_image_refuses_a_huge_picture(tmp_path):
     Image.new("L", (side, side)).save(path)
     with pytest.raises(ImageDataError, match="more than"):
         load_image(path)
+
+
+def _png_bytes(width: int, height: int, colour: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_load_image_from_bytes_equals_from_the_file(tmp_path):
+    picture = Image.new("RGB", (40, 30), (250, 250, 250))
+    for x in range(10, 25):
+        picture.putpixel((x, 15), (10, 10, 10))
+    path = tmp_path / "line.png"
+    picture.save(path)
+    from_path = load_image(path)
+    from_bytes = load_image(path.read_bytes())
+    assert all(torch.equal(a, b) for a, b in zip(from_path, from_bytes, strict=True))
+
+
+def test_load_image_refuses_too_many_bytes(tmp_path):
+    with pytest.raises(ImageDataError, match=f"more than the {MAX_IMAGE_BYTES:,}"):
+        load_image(b"\x89PNG" + bytes(MAX_IMAGE_BYTES))
+    path = tmp_path / "big.png"
+    path.write_bytes(bytes(MAX_IMAGE_BYTES + 1))
+    with pytest.raises(ImageDataError, match="bytes, more than"):
+        load_image(path)
+
+
+def test_load_image_refuses_a_side_longer_than_the_bound():
+    with pytest.raises(ImageDataError, match=f"longer side is more than the {MAX_IMAGE_SIDE:,}"):
+        load_image(_png_bytes(MAX_IMAGE_SIDE + 1, 1))
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 7500), (7500, 1)])
+def test_load_image_refuses_a_strip_whose_square_is_too_large(width, height):
+    """A 1 x 7500 strip has few pixels, but padding it to a square would make 56 million."""
+    assert width * height < MAX_IMAGE_PIXELS < 7500 ** 2 and MAX_IMAGE_SIDE >= 7500
+    with pytest.raises(ImageDataError, match="padded to a square it would have 56,250,000 pixels"):
+        load_image(_png_bytes(width, height))
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "the picture is empty"),
+    (b"hello, not a picture", "the picture is not an image file"),
+    (_png_bytes(20, 20)[:45], "cannot read image the picture"),  # cut inside the pixels
+], ids=["empty", "not-an-image", "truncated"])
+def test_load_image_bytes_errors_are_one_line(content, message):
+    with pytest.raises(ImageDataError, match=message) as caught:
+        load_image(content)
+    assert "\n" not in str(caught.value)
+
+
+def test_image_data_error_is_an_attnlab_error():
+    """The explorer answers AttnlabErrors with a 400 and the command line with one line."""
+    assert issubclass(ImageDataError, AttnlabError) and issubclass(ImageDataError, RuntimeError)

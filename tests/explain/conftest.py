@@ -2,40 +2,20 @@
 
 ``minilm_explanation`` is :func:`build_explanation` of :data:`EXAMPLE` with the ``minilm``
 fixture (tests/conftest.py); ``smollm2_explanation`` the same for SmolLM2 and :data:`SHORT`.
-``browser`` is Debian's Chromium driven by Playwright (a missing one fails, never skips: CI
-installs it with scripts/setup.sh --dev). ``tiny_decoder`` is a two-layer causal GQA model with
-RoPE built from :class:`MultiHeadAttention` plus a word tokenizer, honouring the models'
-contract, for fast tests of everything decoder-specific.
+``browser`` (tests/conftest.py) is Debian's Chromium driven by Playwright. ``tiny_decoder`` is
+a two-layer causal GQA model with RoPE built from :class:`MultiHeadAttention` plus a word
+tokenizer, honouring the models' contract, for fast tests of everything decoder-specific.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from attnlab.attention import MultiHeadAttention, RotaryEmbedding
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-@pytest.fixture(scope="session")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("Playwright is not installed: run scripts/setup.sh --dev")
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup.sh --dev")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
 
 EXAMPLE = "The animal didn't cross the street because it was too tired."
 SHORT = "The cat sat because it was tired."

@@ -45,7 +45,7 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def loaded(checkpoints):
-    from attnlab.commands.translate import load_translator
+    from attnlab.train.runs import load_translator
 
     return {arch: load_translator(folder) for arch, folder in checkpoints.items()}
 

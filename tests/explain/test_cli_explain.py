@@ -52,6 +52,15 @@ def test_chosen_head_says_it_looks_at_animal(loaded, tmp_path, capsys):
     assert re.search(r"^  'it' looks most at 'animal' \(6\d%\) and '\w+' \(\d+%\)$", out, re.M)
 
 
+def test_lang_zh_writes_the_page_in_chinese(loaded, tmp_path, capsys):
+    page = tmp_path / "zh.html"
+    code, out, _ = run_cli([EXAMPLE, "--lang", "zh", "--out", str(page)], capsys)
+    assert code == 0 and "looks most at" in out  # the summary here stays English
+    embedded = re.search(r'id="attnlab-strings">(.*?)</script>', page.read_text(encoding="utf-8"))
+    strings = json.loads(embedded.group(1))
+    assert strings["default"] == "zh" and strings["follow_browser"] is False
+
+
 def test_json_summary(loaded, tmp_path, capsys):
     out_file = tmp_path / "page.html"
     code, out, _ = run_cli([EXAMPLE, "--json", "--out", str(out_file)], capsys)
@@ -104,6 +113,7 @@ BAD_INPUTS = [
     (["hi", "--out", "{tmp}/file.txt/page.html"], "{tmp}/file.txt is a file, not a folder"),
     (["hi", "--png", "{tmp}/file.txt"], "--png {tmp}/file.txt is a file, not a folder"),
     (["hi", "--png", "{tmp}/file.txt/pics"], "--png {tmp}/file.txt/pics: cannot create the folder"),
+    (["hi", "--lang", "fr"], "--lang fr: no pages in language 'fr'; attnlab has: en, zh"),
 ]
 
 
@@ -127,7 +137,8 @@ def test_missing_weights_package_says_how_to_install(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["hi", "--model", "gpt2"], "invalid choice: 'gpt2'"),
+    (["hi", "--model", "gpt2"],
+     "--model: expected minilm, smollm2 or the path of a model folder, got 'gpt2'"),
     (["hi", "--layer", "-1"], "must be >= 0, got -1"),
     (["hi", "--max-tokens", "0"], "must be > 0, got 0"),
 ])

@@ -39,7 +39,7 @@ def test_page_is_one_file_that_fetches_nothing(encoder_data, tmp_path):
     assert not re.search(r"@import|url\(", page, re.IGNORECASE)
     # The only URL on the page is SVG's namespace name, which is an identifier, never fetched.
     assert set(re.findall(r"https?://[^\s\"'<>]+", page)) == {"http://www.w3.org/2000/svg"}
-    assert "<style>" in page and page.count("<script") == 2
+    assert "<style>" in page and page.count("<script") == 4  # data, string tables, i18n.js, page.js
 
 
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])
@@ -55,8 +55,8 @@ def test_text_cannot_break_out_of_the_data_script(encoder_data):
     hostile = "a </script><script>alert(1)</script> <!-- b & c \u2028 <\\/script>"
     data = dict(encoder_data, text=hostile, tokens=[*encoder_data["tokens"][:-1], "</SCRIPT>"])
     page = render_page(data)
-    # Exactly the two real closing tags: the data's and the page script's.
-    assert len(re.findall(r"</script", page, re.IGNORECASE)) == 2
+    # Exactly the four real closing tags: the data's, the string tables', i18n.js's and page.js's.
+    assert len(re.findall(r"</script", page, re.IGNORECASE)) == 4
     assert "<!--" not in page
     assert embedded(page)["text"] == hostile
     assert embedded(page)["tokens"][-1] == "</SCRIPT>"

@@ -34,9 +34,9 @@ def decoder_data():
 class OpenPage:
     """A page opened from ``data`` via file://, recording console errors and every request."""
 
-    def __init__(self, browser, data: dict, folder: Path, width: int = WIDE):
+    def __init__(self, browser, data: dict, folder: Path, width: int = WIDE, lang: str = "en"):
         self.data = data
-        self.path = write_page(data, folder / "page.html")
+        self.path = write_page(data, folder / "page.html", lang=lang)
         self.url = self.path.resolve().as_uri()
         self.problems: list[str] = []
         self.requests: list[str] = []
@@ -89,13 +89,13 @@ class OpenPage:
 
 @pytest.fixture
 def open_page(browser, tmp_path):
-    """``open_page(data, width=1280)``; on teardown, asserts the page stayed clean."""
+    """``open_page(data, width=1280, lang="en")``; on teardown, asserts the page stayed clean."""
     pages = []
 
-    def open_(data: dict, width: int = WIDE) -> OpenPage:
+    def open_(data: dict, width: int = WIDE, lang: str = "en") -> OpenPage:
         folder = tmp_path / f"page{len(pages)}"
         folder.mkdir()
-        pages.append(OpenPage(browser, data, folder, width))
+        pages.append(OpenPage(browser, data, folder, width, lang))
         return pages[-1]
 
     yield open_
@@ -323,3 +323,22 @@ def test_real_smollm2_page(open_page, smollm2_explanation, tmp_path):
     assert_walkthrough_shows(page, *walkthrough_state(page))
     assert page.page.locator("#causal-note").is_visible()
     page.shoot("smollm2", tmp_path)
+
+
+CHINESE = re.compile(r"[\u4e00-\u9fff]")
+
+
+def test_page_written_in_chinese_shows_chinese_and_switches_live(open_page, decoder_data, tmp_path):
+    page = open_page(decoder_data, NARROW, lang="zh")
+    body = page.page.inner_text("body")
+    assert "⟦" not in body and page.page.evaluate("document.documentElement.lang") == "zh-Hans"
+    assert "注意力" in page.page.inner_text("#glossary") and CHINESE.search(page.page.inner_text("#wt-steps"))
+    assert "Follow one word" not in body and page.page.input_value("#lang") == "zh"
+    assert page.page.evaluate("document.documentElement.scrollWidth") <= NARROW
+    page.page.select_option("#lang", "en")
+    assert page.page.inner_text("#wt-title") == "1. Follow one word through one attention head"
+    assert "Each row is a word that" in page.page.inner_text("#wt-table caption")
+    assert not CHINESE.search(page.page.inner_text("#wt-steps"))
+    page.page.select_option("#lang", "zh")
+    assert CHINESE.search(page.page.inner_text("#cost-text")) and "⟦" not in page.page.inner_text("body")
+    page.shoot(f"smollm2-like-zh-{NARROW}", tmp_path)

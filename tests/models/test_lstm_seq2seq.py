@@ -143,7 +143,11 @@ def test_save_load_round_trip(tmp_path):
     model.save(tmp_path / "lstm")
     loaded = LSTMSeq2Seq.load(tmp_path / "lstm")
     assert loaded.config == model.config
-    assert torch.equal(loaded(src, TARGETS_IN), model(src, TARGETS_IN))
+    saved, read = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == read.keys() and all(torch.equal(saved[k], read[k]) for k in saved)
+    # Bit-equal weights; the outputs may still differ in the last bits, because the oneDNN LSTM
+    # kernel some CPUs get (seen on AMD EPYC) depends on how the weights sit in memory.
+    torch.testing.assert_close(loaded(src, TARGETS_IN), model(src, TARGETS_IN), rtol=0, atol=1e-6)
 
 
 def reversal_pairs(count: int, seed: int) -> list[tuple[list[int], list[int]]]:

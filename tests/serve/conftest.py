@@ -1,9 +1,17 @@
 """The real explorer server, started once per session on a free loopback port.
 
+``browser_thread`` is ``(pool, browser)``: Chromium driven from one worker thread of its own,
+one per test module (Playwright's sync API runs one instance per thread, and the session
+``browser`` of tests/conftest.py holds the main thread's), so page tests run their bodies in
+``pool``.
+
 ``explorer`` serves MiniLM, SmolLM2 (the session's model objects from tests/conftest.py) and a
 tiny GPT trained here with ``attnlab train gpt --preset shakespeare-char-tiny``; it is a
 :class:`attnlab.serve.runner.BackgroundServer` (``.url``, ``.explorer.stats``).
 """
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +50,25 @@ def explorer(served_models):
 
     with BackgroundServer(served_models) as server:
         yield server
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser_thread():
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
+
+    def start():
+        from playwright.sync_api import sync_playwright
+
+        assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run scripts/setup.sh --dev"
+        playwright = sync_playwright().start()
+        return playwright, playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+
+    playwright, browser = pool.submit(start).result()
+    yield pool, browser
+    pool.submit(lambda: (browser.close(), playwright.stop())).result()
+    pool.shutdown()

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,9 +21,6 @@ import torch
 from attnlab.attention import edit
 from attnlab.explain.collect import build_explanation
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SENTENCE = "The animal didn't cross the street because it was too tired."
 SHORT = "The cat sat because it was tired."
 FRANCE = "The capital of France is"
@@ -31,40 +28,18 @@ WIDE, PHONE = 1280, 390
 WAIT_MS = 120_000
 
 
-@pytest.fixture(scope="module")
-def browser_thread():
-    """``(pool, browser)``: Chromium driven from one worker thread of its own.
-
-    Playwright's sync API runs one instance per thread, and the session browser of
-    tests/explain may already hold the main thread; so every test body runs in ``pool``.
-    """
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
-
-    def start():
-        from playwright.sync_api import sync_playwright
-
-        assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run scripts/setup.sh --dev"
-        playwright = sync_playwright().start()
-        return playwright, playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-
-    playwright, browser = pool.submit(start).result()
-    yield pool, browser
-    pool.submit(lambda: (browser.close(), playwright.stop())).result()
-    pool.shutdown()
-
-
 class LivePage:
     """The explorer's page in a browser tab, recording console errors and foreign requests."""
 
-    def __init__(self, browser, url: str, width: int):
+    def __init__(self, browser, url: str, width: int, query: str = "", locale: str | None = None):
         self.url = url
         self.problems: list[str] = []
-        self.page = browser.new_page(viewport={"width": width, "height": 900})
+        self.page = browser.new_page(viewport={"width": width, "height": 900}, locale=locale)
         self.page.set_default_timeout(WAIT_MS)
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda error: self.problems.append(str(error)))
         self.page.on("request", self._request)
-        self.page.goto(url)
+        self.page.goto(url + query)
         self.page.wait_for_selector("body[data-ready]")
         self.settle()
 
@@ -124,16 +99,17 @@ class LivePage:
 
 @pytest.fixture
 def live(browser_thread, explorer):
-    """``live(body)`` runs ``body(open_page)`` in the browser's thread, where ``open_page(width=1280)``
-    opens the explorer's page; afterwards it asserts that every page opened stayed clean."""
+    """``live(body)`` runs ``body(open_page)`` in the browser's thread, where ``open_page(width=1280,
+    query="", locale=None)`` opens the explorer's page (``query``: "?lang=zh"; ``locale``: the
+    browser's language); afterwards it asserts that every page opened stayed clean."""
     pool, browser = browser_thread
 
     def run(body) -> None:
         def work() -> None:
             pages: list[LivePage] = []
 
-            def open_page(width: int = WIDE) -> LivePage:
-                pages.append(LivePage(browser, explorer.url, width))
+            def open_page(width: int = WIDE, query: str = "", locale: str | None = None) -> LivePage:
+                pages.append(LivePage(browser, explorer.url, width, query, locale))
                 return pages[-1]
 
             try:
@@ -247,6 +223,13 @@ def test_hiding_a_word_changes_the_numbers_as_the_edited_reference(live, minilm,
         assert page.numbers("#whatif-cosine", "value") == [pytest.approx(cosine, abs=1e-5)]
         assert "Without 'animal'" in page.page.inner_text("#whatif-sentences")
         page.shoot("whatif", tmp_path, "#whatif")
+        # The sentences are written from the server's notes: they change language with the page.
+        page.page.select_option("#lang", "zh")
+        assert "去掉 “animal”后" in page.page.inner_text("#whatif-sentences")
+        assert "意思保留了" in page.page.inner_text("#whatif-cosine")
+        assert "被你隐藏了" in page.page.inner_text(f'#wt-table tr[data-key="{animal}"]')
+        page.page.select_option("#lang", "en")
+        assert "Without 'animal'" in page.page.inner_text("#whatif-sentences")
         page.page.click("#whatif-reset")
         page.settle()
         assert page.numbers("#wt-table tbody tr", "weight") == original["attention"][layer][head][token]
@@ -308,5 +291,29 @@ def test_the_page_fits_a_phone(live, tmp_path):
         page.settle()
         page.fits(PHONE)
         page.shoot("phone-decoder", tmp_path, "#next")
+
+    live(body)
+
+
+CHINESE = re.compile(r"[\u4e00-\u9fff]")
+
+
+def test_the_page_speaks_chinese_when_asked_or_when_the_browser_does(live, tmp_path):
+    def body(open_page):
+        page = open_page(PHONE, query="?lang=zh")
+        text = page.page.inner_text("body")
+        assert "⟦" not in text and "Explain this text" not in text
+        assert page.page.inner_text("#run") == "讲解这段文字"
+        for section in ("#model-about", "#wt-steps", "#whatif", "#cost-text"):
+            assert CHINESE.search(page.page.inner_text(section)), section
+        page.fits(PHONE)
+        page.shoot("zh-phone", tmp_path)
+        page.page.select_option("#lang", "en")
+        assert page.page.inner_text("#run") == "Explain this text"
+        assert not CHINESE.search(page.page.inner_text("#wt-steps") + page.page.inner_text("#model-about"))
+        assert "⟦" not in page.page.inner_text("body")
+        browser_zh = open_page(locale="zh-CN")
+        assert browser_zh.page.inner_text("#serve-title") == "看语言模型如何阅读你的文字"
+        assert browser_zh.page.input_value("#lang") == "zh"
 
     live(body)

@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 from toy import ToyModel, ToyTask, one_thread, state_hash, toy_config, toy_model  # noqa: F401 (autouse fixture)
 
+from attnlab.errors import AttnlabError
 from attnlab.train import load_checkpoint
 from attnlab.train.checkpoint import RNG_FILE, checkpoint_folder, read_trainer_state, restore_training_state
-from attnlab.train.distributed import DistributedContext, setup_distributed
+from attnlab.train.distributed import DistributedContext, process_rank, setup_distributed
 from attnlab.train.loop import evaluate
 from attnlab.train.metrics import read_metrics
 from attnlab.train.optim import build_optimizer
@@ -108,3 +109,21 @@ def test_a_malformed_torchrun_variable_is_named(monkeypatch):
     monkeypatch.setenv("RANK", "first")
     with pytest.raises(ValueError, match="RANK must be a whole number, got RANK='first'"):
         setup_distributed("cpu")
+
+
+def test_the_process_rank_is_0_outside_torchrun(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert process_rank() == 0
+
+
+def test_the_process_rank_is_torchruns_rank(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    assert process_rank() == 3
+
+
+@pytest.mark.parametrize(("value", "message"), [("first", "RANK must be a whole number, got RANK='first'"),
+                                                ("-1", "RANK must be >= 0, got RANK='-1'")])
+def test_a_malformed_rank_is_a_one_line_user_error(monkeypatch, value, message):
+    monkeypatch.setenv("RANK", value)
+    with pytest.raises(AttnlabError, match=message):
+        process_rank()

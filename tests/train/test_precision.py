@@ -1,17 +1,16 @@
 """``bf16_is_fast``: which devices multiply bfloat16 natively, read from torch's CPU probes, and
-what a preset that asks for bf16 trains in on this machine and on one without native bf16."""
+what a preset that asks for bf16 trains in on this machine and on one without native bf16
+(``precision_for_device``)."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 import torch
 
-from attnlab.commands.train import _precision_for_this_machine
 from attnlab.train import precision
-from attnlab.train.precision import bf16_is_fast
+from attnlab.train.precision import bf16_is_fast, precision_for_device
 
 
 def cpu_flags() -> set[str]:
@@ -30,10 +29,6 @@ def native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_tile"})
 
 
-def preset_run() -> argparse.Namespace:
-    return argparse.Namespace(precision=None)  # no --precision given
-
-
 @pytest.mark.parametrize(("avx512_bf16", "amx"), [(False, False), (True, False), (False, True), (True, True)])
 def test_a_cpu_is_fast_in_bf16_with_either_instruction_set(monkeypatch, avx512_bf16, amx):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
@@ -46,27 +41,28 @@ def test_the_real_cpu_probe_agrees_with_the_cpus_flags():
     assert bf16_is_fast("cpu") is bool(cpu_flags() & {"avx512_bf16", "amx_tile"})
 
 
-def test_a_bf16_preset_keeps_bf16_here_exactly_where_the_hardware_has_it(capsys):
-    chosen = _precision_for_this_machine({"batch_size": 8, "bf16": True}, preset_run())
+def test_a_bf16_preset_keeps_bf16_here_exactly_where_the_hardware_has_it():
+    chosen, note = precision_for_device({"batch_size": 8, "bf16": True})
     assert chosen == {"batch_size": 8, "bf16": native_bf16()}
-    assert ("training in float32" in capsys.readouterr().err) is not native_bf16()
+    assert (note is not None and "training in float32" in note) is not native_bf16()
 
 
-def test_without_native_bf16_a_bf16_preset_trains_in_float32(monkeypatch, capsys):
+def test_without_native_bf16_a_bf16_preset_trains_in_float32(monkeypatch):
     # A machine without AVX-512 BF16, AMX or a GPU: torch's own probes say no; the rest is real.
     for probe in precision._CPU_BF16_PROBES:
         monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.delenv("RANK", raising=False)
     fields = {"batch_size": 8, "bf16": True}
-    assert _precision_for_this_machine(fields, preset_run()) == {"batch_size": 8, "bf16": False}
+    chosen, note = precision_for_device(fields)
+    assert chosen == {"batch_size": 8, "bf16": False}
     assert fields["bf16"] is True  # the preset itself is left alone
-    note = capsys.readouterr().err
-    assert note.count("\n") == 1 and "this cpu has no native bf16" in note and "training in float32" in note
-    # asked for by name, bf16 is kept, and there is nothing to say
-    forced = argparse.Namespace(precision="bf16")
-    assert _precision_for_this_machine(fields, forced)["bf16"] is True
-    assert capsys.readouterr().err == ""
+    assert "\n" not in note and "this cpu has no native bf16" in note and "training in float32" in note
+
+
+def test_a_float32_preset_is_kept_with_nothing_to_say(monkeypatch):
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device: False)
+    fields = {"batch_size": 8, "bf16": False}
+    assert precision_for_device(fields, "cpu") == (fields, None)
 
 
 def test_a_probe_missing_from_torch_reads_as_unsupported(monkeypatch):

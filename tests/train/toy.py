@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 from attnlab.attention import MultiHeadAttention
 from attnlab.models.checkpoint import SafetensorsModel
 from attnlab.train import TrainConfig, seed_everything, train
+from attnlab.train.distributed import process_rank
 
 ASSET_FILE = "toy_task.json"
 
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     task = ToyTask(seed=args.seed, step_delay=args.step_delay)
     train(model, task, config, args.out, resume=args.resume, meta={"task": "toy"}, device="cpu")
     if args.hash_dir:
-        rank = int(os.environ.get("RANK", "0"))
-        (Path(args.hash_dir) / f"rank{rank}.sha256").write_text(state_hash(model))
+        (Path(args.hash_dir) / f"rank{process_rank()}.sha256").write_text(state_hash(model))
 
 
 if __name__ == "__main__":

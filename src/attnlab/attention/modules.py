@@ -40,6 +40,8 @@ class MultiHeadAttention(nn.Module):
         kdim, vdim: feature sizes of the context that keys and values are computed from in
             cross-attention (default ``embed_dim``).
         bias: whether the four projections have biases.
+        out_bias: whether ``out_proj`` has one, when it differs from the others (Qwen2 has
+            query/key/value biases only); None (the default) follows ``bias``.
         dropout: attention-weight dropout probability, applied only in training mode.
         rope: ``None``, ``True`` (build a :class:`RotaryEmbedding` for ``head_dim``) or a
             :class:`RotaryEmbedding` to use (may be shared across layers). Self-attention only.
@@ -70,6 +72,7 @@ class MultiHeadAttention(nn.Module):
         kdim: int | None = None,
         vdim: int | None = None,
         bias: bool = True,
+        out_bias: bool | None = None,
         dropout: float = 0.0,
         rope: RotaryEmbedding | bool | None = None,
         alibi: bool = False,
@@ -111,7 +114,7 @@ class MultiHeadAttention(nn.Module):
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = nn.Linear(kdim, kv_width, bias=bias)
         self.v_proj = nn.Linear(vdim, kv_width, bias=bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias if out_bias is None else out_bias)
 
         if rope is True:
             rope = RotaryEmbedding(self.head_dim)

@@ -23,29 +23,12 @@ def _png_path(folder: str, image_path: str) -> Path:
     return Path(folder) / f"{Path(image_path).stem}-attention.png"
 
 
-def load_classifier(path: str):
-    """``(LoadedCheckpoint, dataset, classes, normalization)`` of a ViT training run (a checkpoint
-    folder or a run's ``--out`` folder); UsageError for anything else."""
-    from attnlab.models.vit import ViT
-    from attnlab.train.checkpoint import CheckpointError, load_checkpoint
-    from attnlab.train.vit_task import load_preprocessing
-
-    try:
-        loaded = load_checkpoint(path, model_class=ViT)
-        dataset, classes, normalization = load_preprocessing(loaded.folder)
-    except (CheckpointError, OSError, ValueError) as err:
-        raise UsageError(str(err)) from None
-    if len(classes) != loaded.model.config.num_classes:
-        raise UsageError(f"{loaded.folder}: preprocessing.json names {len(classes)} classes, the model "
-                         f"has {loaded.model.config.num_classes}")
-    return loaded, dataset, classes, normalization
-
-
 def run_classify(args: argparse.Namespace) -> None:
     import torch
 
-    from attnlab.data.images import ImageDataError, load_image
+    from attnlab.data.images import load_image
     from attnlab.explain.vision import vision_data, write_vision_page, write_vision_png
+    from attnlab.train.runs import load_classifier
 
     # A bad folder or a file of the user's in the way fails before the model loads.
     if args.show_attention:
@@ -58,11 +41,8 @@ def run_classify(args: argparse.Namespace) -> None:
     config = loaded.model.config
     results = []
     for index, image_path in enumerate(args.images):
-        try:
-            pixels, original = load_image(image_path, size=config.image_size, channels=config.in_channels,
-                                          invert=args.invert)
-        except ImageDataError as err:
-            raise UsageError(str(err)) from None
+        pixels, original = load_image(image_path, size=config.image_size, channels=config.in_channels,
+                                      invert=args.invert)
         with torch.no_grad():
             data = vision_data(loaded.model, pixels, normalization, classes, original=original,
                                source=str(image_path), top=min(args.top, len(classes)))

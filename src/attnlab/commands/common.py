@@ -7,11 +7,13 @@ import os
 import sys
 from pathlib import Path
 
+from attnlab.errors import AttnlabError
+
 # The largest seed torch's generators take (a signed 64-bit integer).
 MAX_SEED = 2**63 - 1
 
 
-class UsageError(Exception):
+class UsageError(AttnlabError):
     """A mistake in the user's input: printed as one line, exit status 2."""
 
 
@@ -46,6 +48,29 @@ def whole_number_up_to(high: int):
     def parse(text: str) -> int:
         return _number(text, int, "a whole number", lambda v: 1 <= v <= high, f"from 1 to {high:,}")
     return parse
+
+
+def model_name_or_folder(names) -> callable:
+    """argparse type for ``--model``: one of ``names`` (the pretrained models attnlab ships), or
+    the path of a local Hugging Face model folder (``config.json``, ``*.safetensors``,
+    ``tokenizer.json``; see :func:`attnlab.models.load_pretrained`). Only whether the folder
+    exists is checked here; what it holds is checked when the model loads."""
+    def parse(text: str) -> str:
+        if text in names:
+            return text
+        if text and os.path.isdir(text):
+            return text
+        if text and (os.sep in text or text.startswith(".") or os.path.exists(text)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a folder; give a model folder "
+                                             "(config.json, *.safetensors, tokenizer.json)")
+        raise argparse.ArgumentTypeError(f"expected {', '.join(names)} or the path of a model "
+                                         f"folder, got {text!r}")
+    return parse
+
+
+def model_label(name: str) -> str:
+    """How a ``--model`` value is named in messages and pages: a folder by its own name."""
+    return name if not os.path.isdir(name) else (os.path.basename(os.path.normpath(name)) or name)
 
 
 def standard_input(purpose: str):

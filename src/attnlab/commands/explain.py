@@ -16,10 +16,13 @@ from attnlab.commands.common import (
     UsageError,
     add_force_argument,
     check_output,
+    model_label,
+    model_name_or_folder,
     non_negative_int,
     positive_int,
     prepare_png_dir,
 )
+from attnlab.explain.i18n import DEFAULT_LANGUAGE, LANGUAGES, check_language
 
 MODELS = ("minilm", "smollm2")
 EXAMPLE = "The animal didn't cross the street because it was too tired."
@@ -48,6 +51,10 @@ def _check_head_choice(args: argparse.Namespace, layers: int, heads: int) -> Non
 
 
 def run(args: argparse.Namespace) -> None:
+    try:
+        check_language(args.lang)
+    except ValueError as err:
+        raise UsageError(f"--lang {args.lang}: {err}") from None
     if not args.text.strip():
         raise UsageError(f'TEXT is empty; give a sentence to explain, e.g. attnlab explain "{EXAMPLE}"')
     if args.head is not None and args.layer is None:
@@ -67,7 +74,8 @@ def run(args: argparse.Namespace) -> None:
     from attnlab.models.pretrained import MissingPackageError, load_pretrained
 
     status = Console(stderr=True)
-    with status.status(f"Loading {args.model}..."):
+    name = model_label(args.model)
+    with status.status(f"Loading {name}..."):
         try:
             model, tokenizer = load_pretrained(args.model)
         except MissingPackageError as err:
@@ -75,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     _check_head_choice(args, model.config.num_layers, model.config.num_heads)
     with status.status("Running the model once, recording every attention weight..."):
         try:
-            data = build_explanation(model, tokenizer, args.text, model_name=args.model,
+            data = build_explanation(model, tokenizer, args.text, model_name=name,
                                      layer=args.layer, head=args.head, max_tokens=args.max_tokens)
         except ValueError as err:
             raise UsageError(str(err)) from None
@@ -85,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
             check_output(path, "--png", force=args.force, suffix=".png")
     with status.status("Writing the page and pictures..."):
         try:
-            page = write_page(data, out, force=args.force).resolve()
+            page = write_page(data, out, force=args.force, lang=args.lang).resolve()
         except OSError as err:
             raise UsageError(str(err)) from None
         pngs = []
@@ -116,10 +124,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     explain.add_argument("text", metavar="TEXT", help="the text to explain (quote it)")
     explain.add_argument(
-        "--model", choices=MODELS, default="minilm",
+        "--model", type=model_name_or_folder(MODELS), default="minilm", metavar="NAME|FOLDER",
         help="minilm: all-MiniLM-L6-v2, a sentence encoder where every word sees every word; "
         "smollm2: SmolLM2-135M-Instruct, a chat model where each token sees only earlier "
-        "tokens (default: minilm)",
+        "tokens; or the path of a local Hugging Face model folder (bert, llama, qwen2, mistral, "
+        "gpt2: config.json, *.safetensors, tokenizer.json) (default: minilm)",
     )
     explain.add_argument("--layer", type=non_negative_int, default=None,
                          help="summarise this layer (default: the most informative head's layer)")
@@ -135,6 +144,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="refuse texts longer than this many tokens; the page holds every weight of every "
         "head, layers x heads x tokens² numbers (default: 117 for minilm, 60 for smollm2)",
     )
+    explain.add_argument("--lang", default=DEFAULT_LANGUAGE, metavar="LANG",
+                         help=f"the language of the page: {' or '.join(LANGUAGES)} (Simplified Chinese); "
+                         "the reader can switch it in the page. The summary printed here stays in "
+                         f"English (default: {DEFAULT_LANGUAGE})")
     explain.add_argument("--json", action="store_true",
                          help="print a machine-readable summary instead of the text")
     add_force_argument(explain, "the --out page and the --png pictures")

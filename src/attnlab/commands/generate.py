@@ -9,6 +9,8 @@ import time
 
 from attnlab.commands.common import (
     UsageError,
+    model_label,
+    model_name_or_folder,
     non_negative_float,
     positive_int,
     probability,
@@ -25,16 +27,6 @@ MAX_NEW_TOKENS = 8192
 DEFAULT_MODEL = "smollm2"
 
 
-def _load(name: str):
-    """``(model, tokenizer)``; a missing weights package is a usage error (one line, exit 2)."""
-    from attnlab.models.pretrained import MissingPackageError, load_pretrained
-
-    try:
-        return load_pretrained(name)
-    except MissingPackageError as err:
-        raise UsageError(str(err)) from None
-
-
 def _sampling(args: argparse.Namespace) -> dict:
     return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
             "seed": args.seed}
@@ -49,12 +41,24 @@ def _print_dim(text: str) -> None:
 def _load_source(args: argparse.Namespace) -> tuple:
     """``(model, tokenizer, JSON fields naming them)`` from ``--checkpoint`` or ``--model``."""
     if args.checkpoint is not None:
-        from attnlab.commands.eval import load_gpt_checkpoint
+        from attnlab.train.runs import load_gpt_run
 
-        loaded = load_gpt_checkpoint(args.checkpoint)
+        loaded = load_gpt_run(args.checkpoint)
         return loaded.model, loaded.tokenizer, {"model": "gpt", "checkpoint": str(loaded.folder)}
     name = args.model or DEFAULT_MODEL
-    return *_load(name), {"model": name}
+    return *_load_decoder(name), {"model": name}
+
+
+def _load_decoder(name: str) -> tuple:
+    """``(model, tokenizer)`` of a pretrained model or model folder that writes text; an encoder
+    (MiniLM, a BERT folder) is a one-line mistake."""
+    from attnlab.models.pretrained import load_pretrained
+
+    model, tokenizer = load_pretrained(name)
+    if not model.is_causal:
+        raise UsageError(f"--model {model_label(name)} is an encoder: it reads text but does not write "
+                         "it; give a decoder (smollm2, or a llama, qwen2, mistral or gpt2 folder)")
+    return model, tokenizer
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -116,7 +120,10 @@ def run_chat(args: argparse.Namespace) -> None:
 
     # Before the model loads: a chat with no way to read messages ends at once.
     stdin = standard_input("chat reads your messages from it (type them, or pipe them in)")
-    model, tokenizer = _load(args.model)
+    model, tokenizer = _load_decoder(args.model)
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise UsageError(f"--model {model_label(args.model)} has no chat template (tokenizer_config.json "
+                         "names none), so it cannot chat; use `attnlab generate` to continue a text")
     chat = ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
                        **_sampling(args))
     interactive = stdin.isatty()
@@ -148,8 +155,11 @@ def run_chat(args: argparse.Namespace) -> None:
 
 
 def _add_model_argument(parser, default: str | None) -> None:
-    parser.add_argument("--model", choices=GENERATIVE_MODELS, default=default,
-                        help=f"the pretrained model (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", type=model_name_or_folder(GENERATIVE_MODELS), default=default,
+                        metavar="NAME|FOLDER",
+                        help=f"the pretrained model: {', '.join(GENERATIVE_MODELS)}, or a local Hugging "
+                        "Face model folder (llama, qwen2, mistral or gpt2; config.json, *.safetensors, "
+                        f"tokenizer.json) (default: {DEFAULT_MODEL})")
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:

@@ -36,7 +36,7 @@ def _load(args: argparse.Namespace) -> list:
         print(f"Loading {value}...", end=" ", file=sys.stderr, flush=True)
         try:
             taken = {m.id for m in models}
-            served = load_named(value) if kind == "model" else load_checkpoint_part(value, taken)
+            served = load_named(value, taken) if kind == "model" else load_checkpoint_part(value, taken)
         except LoadError as err:
             print("failed", file=sys.stderr)
             raise UsageError(str(err)) from None
@@ -88,9 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=_port, default=8000,
                        help="port to listen on; 0 picks a free one (default 8000)")
-    serve.add_argument("--model", action="append", metavar="NAME",
-                       help="a pretrained model to offer: minilm (a sentence encoder) or smollm2 "
-                       "(a small chat model); repeat for several (default: minilm)")
+    serve.add_argument("--model", action="append", metavar="NAME|FOLDER",
+                       help="a pretrained model to offer: minilm (a sentence encoder), smollm2 "
+                       "(a small chat model), or the path of a local Hugging Face model folder "
+                       "(bert, llama, qwen2, mistral, gpt2); repeat for several (default: minilm)")
     serve.add_argument("--checkpoint", action="append", metavar="DIR",
                        help="a model trained with attnlab: `train gpt` (Write), `train translate` "
                        "(Translate, Transformer or LSTM) or `train vit` (Recognise a picture); its "

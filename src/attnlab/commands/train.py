@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -66,24 +65,18 @@ def _train_config(fields: dict, args: argparse.Namespace):
     return TrainConfig(**fields)
 
 
-def _precision_for_this_machine(fields: dict, args: argparse.Namespace) -> dict:
-    """A fresh run's fields with a preset's bf16 dropped on hardware without native bf16
-    (autocast there converts in software and runs slower than fp32), with a note on stderr.
-    ``--precision`` is obeyed as given, and a resumed run keeps its checkpoint's precision."""
-    import torch
+def _fresh_fields(preset_train: dict, args: argparse.Namespace, is_main: bool) -> dict:
+    """A fresh run's TrainConfig fields: the preset's, with its bf16 dropped on hardware without
+    native bf16 (:func:`attnlab.train.precision.precision_for_device`, its note on stderr from
+    rank 0 only). ``--precision`` is obeyed as given."""
+    from attnlab.train.precision import precision_for_device
 
-    from attnlab.train.precision import bf16_is_fast
-
-    if not fields.get("bf16") or args.precision is not None:
-        return fields
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as train() picks it
-    if bf16_is_fast(device):
-        return fields
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"note: the preset trains in bf16, but this {device.type} has no native bf16 "
-              "(AVX-512 BF16, AMX or a bf16 GPU), where float32 is faster; training in float32 "
-              "(--precision bf16 forces bf16)", file=sys.stderr)
-    return {**fields, "bf16": False}
+    if args.precision is not None:
+        return preset_train
+    fields, note = precision_for_device(preset_train)
+    if note is not None and is_main:
+        print(f"note: {note} (--precision bf16 forces bf16)", file=sys.stderr)
+    return fields
 
 
 def _resume_point(out_dir: Path, task: str, preset_name: str, preset_train: dict) -> tuple:
@@ -179,9 +172,10 @@ def _print_summary(summary: dict) -> None:
     _print_files(summary)
 
 
-def _starting_point(out_dir: Path, args: argparse.Namespace, task: str, preset) -> tuple:
+def _starting_point(out_dir: Path, args: argparse.Namespace, task: str, preset, is_main: bool) -> tuple:
     """``(tokenizer or None, first step, TrainConfig, saved meta)`` of a run: the latest
-    checkpoint's with ``--resume``, else a fresh start (after checking ``out_dir`` holds none).
+    checkpoint's with ``--resume``, else a fresh start (after checking ``out_dir`` holds none;
+    ``is_main``: this process reports for all).
     First of all ``out_dir`` must be a folder training may write into, checked before the data
     loads (see :func:`attnlab.train.loop.check_out_dir`)."""
     from attnlab.train.loop import check_out_dir
@@ -194,7 +188,7 @@ def _starting_point(out_dir: Path, args: argparse.Namespace, task: str, preset) 
         tokenizer, first_step, fields, meta = _resume_point(out_dir, task, preset.name, preset.train)
     else:
         _check_fresh(out_dir)
-        tokenizer, first_step, fields, meta = None, 0, _precision_for_this_machine(preset.train, args), {}
+        tokenizer, first_step, fields, meta = None, 0, _fresh_fields(preset.train, args, is_main), {}
     try:
         return tokenizer, first_step, _train_config(fields, args), meta
     except ValueError as err:
@@ -202,37 +196,31 @@ def _starting_point(out_dir: Path, args: argparse.Namespace, task: str, preset) 
 
 
 def _run_training(model, task, config, out_dir: Path, args: argparse.Namespace, meta: dict):
-    """:func:`attnlab.train.train`, a checkpoint it cannot use or a file of the user's in the way
-    reported as a UsageError."""
-    from attnlab.files import NotOursError
+    """:func:`attnlab.train.train` with the command line's ``--resume`` and ``--force`` (a
+    checkpoint it cannot use or a file of the user's in the way is the library's one-line
+    error)."""
     from attnlab.train import train
-    from attnlab.train.checkpoint import CheckpointError
 
-    try:
-        return train(model, task, config, out_dir, resume=args.resume, meta=meta, force=args.force)
-    except (CheckpointError, NotOursError) as err:
-        raise UsageError(str(err)) from None
+    return train(model, task, config, out_dir, resume=args.resume, meta=meta, force=args.force)
 
 
 def run_train_gpt(args: argparse.Namespace) -> None:
     from attnlab.models.gpt import GPT
-    from attnlab.models.pretrained import MissingPackageError
     from attnlab.train import seed_everything
+    from attnlab.train.distributed import process_rank
     from attnlab.train.lm_task import LanguageModelTask
 
+    is_main = process_rank() == 0  # under torchrun, rank 0 reports for all
     preset = gpt_preset(args.preset)
     out_dir = Path(args.out or Path("runs") / preset.name)
-    tokenizer, first_step, config, _ = _starting_point(out_dir, args, "gpt", preset)
-    try:
-        task = LanguageModelTask.from_preset(preset, config, tokenizer=tokenizer)
-    except MissingPackageError as err:
-        raise UsageError(str(err)) from None
+    tokenizer, first_step, config, _ = _starting_point(out_dir, args, "gpt", preset, is_main)
+    task = LanguageModelTask.from_preset(preset, config, tokenizer=tokenizer)
     # The initial weights follow the seed too (a resumed run overwrites them from the checkpoint).
     seed_everything(config.seed)
     model = GPT(preset.config(task.tokenizer.vocab_size))
     meta = {"task": "gpt", "preset": preset.name, "tokenizer": preset.tokenizer}
     result = _run_training(model, task, config, out_dir, args, meta)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
+    if not is_main:
         return
     summary = _summary(result, task, preset.name, first_step, config)
     if args.json:
@@ -252,27 +240,25 @@ def translate_preset(name: str):
 
 
 def run_train_translate(args: argparse.Namespace) -> None:
-    from attnlab.data.bible import BibleDataError
     from attnlab.train import seed_everything
+    from attnlab.train.distributed import process_rank
     from attnlab.train.translate_task import TranslationTask, build_model
 
+    is_main = process_rank() == 0
     # The preset's training fields for this architecture (the LSTM's steps are slower).
     chosen = translate_preset(args.preset)
     preset = dataclasses.replace(chosen, train=chosen.train_fields(args.arch))
     out_dir = Path(args.out or Path("runs") / f"translate-{preset.name}-{args.arch}")
-    tokenizer, first_step, config, saved = _starting_point(out_dir, args, "translate", preset)
+    tokenizer, first_step, config, saved = _starting_point(out_dir, args, "translate", preset, is_main)
     if args.resume and saved.get("arch") != args.arch:
         raise UsageError(f"--resume: {out_dir} holds a {saved.get('arch')!r} model, not "
                          f"--arch {args.arch}; give --arch {saved.get('arch')} or another --out")
-    try:
-        task = TranslationTask.from_preset(preset, config, tokenizer=tokenizer)
-    except BibleDataError as err:
-        raise UsageError(str(err)) from None
+    task = TranslationTask.from_preset(preset, config, tokenizer=tokenizer)
     seed_everything(config.seed)
     model = build_model(args.arch, preset, task.tokenizer)
     meta = {"task": "translate", "preset": preset.name, "arch": args.arch}
     result = _run_training(model, task, config, out_dir, args, meta)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main:
         return
     summary = _run_summary(result, first_step, config, preset=preset.name, arch=args.arch,
                            val_loss_nats_per_token=result.val_loss)
@@ -296,23 +282,21 @@ def vit_preset(name: str):
 
 
 def run_train_vit(args: argparse.Namespace) -> None:
-    from attnlab.data.images import ImageDataError
     from attnlab.models.vit import ViT
     from attnlab.train import seed_everything
+    from attnlab.train.distributed import process_rank
     from attnlab.train.vit_task import ImageClassificationTask
 
+    is_main = process_rank() == 0
     preset = vit_preset(args.preset)
     out_dir = Path(args.out or Path("runs") / f"vit-{preset.name}")
-    _, first_step, config, _ = _starting_point(out_dir, args, "vit", preset)
-    try:
-        task = ImageClassificationTask.from_preset(preset, config)
-    except ImageDataError as err:
-        raise UsageError(str(err)) from None
+    _, first_step, config, _ = _starting_point(out_dir, args, "vit", preset, is_main)
+    task = ImageClassificationTask.from_preset(preset, config)
     seed_everything(config.seed)
     model = ViT(preset.model_config(len(task.classes)))
     meta = {"task": "vit", "preset": preset.name, "dataset": preset.dataset}
     result = _run_training(model, task, config, out_dir, args, meta)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main:
         return
     summary = _run_summary(result, first_step, config, preset=preset.name, dataset=preset.dataset,
                            val_loss=result.val_loss,

@@ -22,24 +22,6 @@ from attnlab.commands.common import (
 ALIGNMENT_PNG = "alignment.png"
 
 
-def load_translator(path: str):
-    """The :class:`attnlab.train.checkpoint.LoadedCheckpoint` of a translation run (a checkpoint
-    folder or a run's ``--out`` folder); UsageError for a missing folder, a damaged checkpoint or
-    another task's checkpoint."""
-    from attnlab.train.checkpoint import CheckpointError, load_checkpoint
-
-    try:
-        loaded = load_checkpoint(path)
-    except (CheckpointError, OSError, ValueError) as err:
-        raise UsageError(str(err)) from None
-    if loaded.meta.get("task") != "translate":
-        raise UsageError(f"{loaded.folder} holds a {loaded.meta.get('task')!r} run, not a translator "
-                         "(train one with `attnlab train translate`)")
-    if loaded.tokenizer is None:
-        raise UsageError(f"{loaded.folder} has no tokenizer beside its model")
-    return loaded
-
-
 def _input_lines(text: str | None) -> list[str]:
     """The sentences to translate: ``text``, or stdin's non-blank lines when it is None or ``-``."""
     if text is None or text == "-":
@@ -55,6 +37,7 @@ def _input_lines(text: str | None) -> list[str]:
 
 
 def run_translate(args: argparse.Namespace) -> None:
+    from attnlab.train.runs import load_translator
     from attnlab.train.translate_task import translate
 
     sentences = _input_lines(args.text)

@@ -45,6 +45,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnlab.errors import AttnlabError
+
 ZTEXT_ROOT = Path("/usr/share/sword/modules/texts/ztext")
 MODULES = {"en": ZTEXT_ROOT / "engKJV2006eb", "es": ZTEXT_ROOT / "spaRV1909eb"}
 INSTALL_HINT = "run: apt-get install -y sword-text-kjv sword-text-sparv"
@@ -87,7 +89,7 @@ _SPACE = re.compile(r"\s+")
 _CHAPTER_START = re.compile(r'<chapter\b[^>]*\bsID="([^".]+)\.(\d+)"')
 
 
-class BibleDataError(RuntimeError):
+class BibleDataError(AttnlabError, RuntimeError):
     """A SWORD module folder is missing, incomplete or does not parse."""
 
 

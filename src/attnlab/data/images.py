@@ -12,19 +12,23 @@
 - :func:`random_crop` is the augmentation: pad with background and cut a random window, i.e.
   shift the picture by a few pixels. No flips: a mirrored digit or shoe is another picture.
 - :class:`Normalization` maps pixels to roughly zero mean and unit variance.
-- :func:`load_image` turns any picture file (any size, colour or grey) into a model input.
+- :func:`load_image` turns any picture (a file or its bytes; any size, colour or grey) into a
+  model input, refusing pictures whose size or shape would make that costly.
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from attnlab.errors import AttnlabError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -37,11 +41,16 @@ _IDX_TYPES = {0x08: (torch.uint8, 1), 0x09: (torch.int8, 1), 0x0B: (torch.int16,
               0x0C: (torch.int32, 4), 0x0D: (torch.float32, 4), 0x0E: (torch.float64, 8)}
 
 #: Pictures with more pixels than this are refused before decoding (a decompression bomb or a
-#: mistake: a 28 x 28 model gains nothing from them).
+#: mistake: a 28 x 28 model gains nothing from them). The bound holds for the square a picture is
+#: padded to as well: a 1 x 40,000 strip is small, its 40,000 x 40,000 square 6.4 GB.
 MAX_IMAGE_PIXELS = 50_000_000
+#: The longest side accepted, whatever the other side is.
+MAX_IMAGE_SIDE = 8192
+#: The most bytes a picture may have (a file, or an upload to ``attnlab serve``).
+MAX_IMAGE_BYTES = 8 * 2**20
 
 
-class ImageDataError(RuntimeError):
+class ImageDataError(AttnlabError, RuntimeError):
     """A dataset is missing or damaged, or an image file cannot be used; the message says why."""
 
 
@@ -235,36 +244,36 @@ class Normalization:
         return (scaled - mean) / std
 
 
-def load_image(path: str | os.PathLike, *, size: int = 28, channels: int = 1,
+def load_image(source: str | os.PathLike | bytes, *, size: int = 28, channels: int = 1,
                invert: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A picture file as the datasets draw theirs: ``(pixels, original)``.
+    """A picture (a file's path, or its bytes as a browser sends them) as the datasets draw theirs:
+    ``(pixels, original)``.
 
     ``pixels`` ``(channels, size, size)`` uint8: converted to grey (or RGB), padded to a square
     with its own border colour, resized with antialiasing and, because MNIST-style data shows a
     light object on a black background, inverted when its border is mostly light (``invert=None``
     decides so; ``True``/``False`` force it). ``original`` is the square picture before resizing,
     ``(channels, S, S)`` uint8 with at most 256 pixels a side, for drawing attention over it.
-    Raises :class:`ImageDataError` (one line) for a missing, empty, huge or non-image file.
+    Bytes are decoded in memory, never written to disk.
+
+    Raises :class:`ImageDataError` (one line naming the bound or the problem) for a missing or
+    empty file, more than :data:`MAX_IMAGE_BYTES` bytes, a side longer than
+    :data:`MAX_IMAGE_SIDE`, more than :data:`MAX_IMAGE_PIXELS` pixels before or after padding to
+    a square (a 1 x N strip becomes N x N), or data Pillow cannot decode.
     """
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.is_file():
-        raise ImageDataError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageDataError(f"{path} is empty")
+    name, stream = _open_source(source)
     try:
-        with Image.open(path) as picture:
-            if picture.width * picture.height > MAX_IMAGE_PIXELS:
-                raise ImageDataError(f"{path} is {picture.width} x {picture.height} pixels, more than "
-                                     f"the {MAX_IMAGE_PIXELS:,} this command accepts; shrink it first")
+        with Image.open(stream) as picture:
+            _check_shape(name, picture.width, picture.height)
             picture.load()
             picture = picture.convert("L" if channels == 1 else "RGB")
     except UnidentifiedImageError:
-        raise ImageDataError(f"{path} is not an image file Pillow can read "
+        raise ImageDataError(f"{name} is not an image file Pillow can read "
                              "(PNG, JPEG, GIF, BMP, ...)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageDataError(f"cannot read image {path}: {err}") from None
+        raise ImageDataError(f"cannot read image {name}: {err}") from None
     grey = torch.frombuffer(bytearray(picture.convert("L").tobytes()), dtype=torch.uint8)
     grey = grey.reshape(picture.height, picture.width).float()
     border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
@@ -280,6 +289,39 @@ def load_image(path: str | os.PathLike, *, size: int = 28, channels: int = 1,
     preview = square.resize((min(side, 256),) * 2, Image.Resampling.LANCZOS)
     small = square.resize((size, size), Image.Resampling.LANCZOS)
     return _to_tensor(small, channels), _to_tensor(preview, channels)
+
+
+def _open_source(source: str | os.PathLike | bytes) -> tuple[str, io.BytesIO | Path]:
+    """``(name for messages, what Pillow opens)`` of a path or of bytes, size checked first."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        name, count = "the picture", len(source)
+        stream = io.BytesIO(source)
+    else:
+        stream = Path(source)
+        name = str(stream)
+        if not stream.is_file():
+            raise ImageDataError(f"{name}: no such file")
+        count = stream.stat().st_size
+    if count == 0:
+        raise ImageDataError(f"{name} is empty")
+    if count > MAX_IMAGE_BYTES:
+        raise ImageDataError(f"{name} is {count:,} bytes, more than the {MAX_IMAGE_BYTES:,} "
+                             f"({MAX_IMAGE_BYTES // 2**20} MiB) accepted; shrink it first")
+    return name, stream
+
+
+def _check_shape(name: str, width: int, height: int) -> None:
+    """Refuse, from the header alone, a picture too large to decode or to pad to a square."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageDataError(f"{name} is {width} x {height} pixels, more than the "
+                             f"{MAX_IMAGE_PIXELS:,} accepted; shrink it first")
+    side = max(width, height)
+    if side > MAX_IMAGE_SIDE:
+        raise ImageDataError(f"{name} is {width} x {height} pixels; its longer side is more than the "
+                             f"{MAX_IMAGE_SIDE:,} pixels accepted")
+    if side * side > MAX_IMAGE_PIXELS:
+        raise ImageDataError(f"{name} is {width} x {height} pixels: padded to a square it would have "
+                             f"{side * side:,} pixels, more than the {MAX_IMAGE_PIXELS:,} accepted")
 
 
 def _to_tensor(picture, channels: int) -> torch.Tensor:

@@ -20,13 +20,24 @@ from attnlab.files import write_html
 
 #: Shown instead of ``<|endoftext|>``, which ends the source and the translation.
 END_LABEL = "⟨end⟩"
+#: Shown for the padding id, which lies outside the tokenizer's vocabulary (a poorly trained
+#: model may still write it; :func:`~attnlab.train.translate_task.translate` drops it).
+PAD_LABEL = "⟨pad⟩"
 
 
-def _token_labels(tokenizer, ids: Sequence[int], eos_id: int) -> list[str]:
-    """Readable token texts: the BPE's leading space stripped, EOS as :data:`END_LABEL`."""
-    strings = tokenizer.token_strings(list(ids))
-    return [END_LABEL if index == eos_id else text.replace("Ġ", " ").strip() or text
-            for index, text in zip(ids, strings, strict=True)]
+def token_labels(tokenizer, ids: Sequence[int], eos_id: int) -> list[str]:
+    """Readable token texts: the BPE's leading space stripped, EOS as :data:`END_LABEL`, ids
+    outside the vocabulary (padding) as :data:`PAD_LABEL`."""
+    known = [i for i in ids if i < tokenizer.vocab_size]
+    strings = iter(tokenizer.token_strings(known))
+    labels = []
+    for index in ids:
+        if index >= tokenizer.vocab_size:
+            labels.append(PAD_LABEL)
+            continue
+        text = next(strings)
+        labels.append(END_LABEL if index == eos_id else text.replace("Ġ", " ").strip() or text)
+    return labels
 
 
 @torch.no_grad()
@@ -58,8 +69,8 @@ def alignment_data(model: torch.nn.Module, tokenizer, source_text: str,
 
     data = {"source_text": source_text,
             "translation_text": tokenizer.decode(targets[:-1]).strip(),
-            "source_tokens": _token_labels(tokenizer, source, config.eos_id),
-            "target_tokens": _token_labels(tokenizer, targets, config.eos_id)}
+            "source_tokens": token_labels(tokenizer, source, config.eos_id),
+            "target_tokens": token_labels(tokenizer, targets, config.eos_id)}
     if hasattr(model, "cross_attention_weights"):
         every = model.cross_attention_weights(src, tgt_in).float().cpu()   # (layers, heads, Lt, Ls)
         data.update(architecture="transformer", weights=every[-1].mean(dim=0).tolist(),

@@ -13,6 +13,7 @@ import torch
 
 from attnlab.attention import RotaryEmbedding, record
 from attnlab.explain.heads import choose_head
+from attnlab.explain.i18n import strings
 
 SCHEMA_VERSION = 1
 DIMS_SHOWN = 8  # vector dimensions the walkthrough shows (a whole 32- or 64-d vector is a wall)
@@ -25,17 +26,11 @@ COST_EXAMPLE_TOKENS = (100, 1_000, 10_000)
 # default ceiling; it allows 117 tokens for MiniLM (6 x 12 heads) and 60 for SmolLM2 (30 x 9).
 PAGE_WEIGHT_BUDGET = 1_000_000
 
+# The models' titles and descriptions: the English text of the pages' "model.text.NAME" keys,
+# which the page shows in the reader's language (see templates/i18n.js, fromEnglish).
 MODEL_TEXT = {
-    "minilm": (
-        "all-MiniLM-L6-v2",
-        "A small sentence encoder (BERT family): every word may look at every other word, "
-        "before and after it.",
-    ),
-    "smollm2": (
-        "SmolLM2-135M-Instruct",
-        "A small chat model (LLaMA family) that writes text one token at a time, so each token "
-        "may only look at itself and the tokens before it.",
-    ),
+    "minilm": ("all-MiniLM-L6-v2", strings("en")["model.text.minilm"]),
+    "smollm2": ("SmolLM2-135M-Instruct", strings("en")["model.text.smollm2"]),
 }
 
 
@@ -207,8 +202,7 @@ def explanation_from_traces(model, tokenizer, text: str, ids: list[int], traces:
     n = len(ids)
     title, description = MODEL_TEXT.get(model_name, (model_name, ""))
     if not description:
-        description = ("A decoder: each token may only look at itself and earlier tokens." if causal
-                       else "An encoder: every token may look at every other token.")
+        description = strings("en")["model.text.decoder" if causal else "model.text.encoder"]
 
     return {
         "version": SCHEMA_VERSION,

@@ -31,6 +31,7 @@ from attnlab.explain.collect import (
     readable_token,
     round_significant,
 )
+from attnlab.explain.i18n import strings
 from attnlab.generation import Sampling, new_generator
 
 TOP_CANDIDATES = 100  # next-token candidates sent with their text; the rest only as logits
@@ -241,32 +242,65 @@ def run_text(model, tokenizer, text: str, *, model_name: str, edit: Edit | None 
 
 
 # ---------- what-if ----------
+#
+# What an edit changed is sent twice: as ``notes`` ({"kind", ...values}), from which the page
+# writes its sentences in the reader's language with the same templates (``serve.whatif.*`` keys
+# of the string tables), and as ``sentences``, those templates filled here in English.
+
+def _say(key: str, **values) -> str:
+    """The English text of ``key`` in the pages' string table, ``{name}`` filled from ``values``."""
+    return strings("en")[key].format(**values)
+
 
 def shown(token: str) -> str:
     """A token quoted for a sentence: ``'animal'``, ``"'"`` for an apostrophe, ``a space``."""
     text = readable_token(token).strip()
     if not text:
-        return "a new line" if "\n" in token else "a space"
-    return f'"{text}"' if "'" in text else f"'{text}'"
+        return _say("serve.whatif.newline" if "\n" in token else "serve.whatif.space")
+    return _say("serve.whatif.quote_apostrophe" if "'" in text else "serve.whatif.quote", text=text)
 
 
-def _quoted(tokens: list[str], index: int) -> str:
-    return shown(tokens[index])
+def _percent(share: float) -> int:
+    """A share as the whole percent the sentences give (``0.415`` -> 42)."""
+    return round(float(share) * 100)
+
+
+def edit_lead(edit: Edit, tokens: list[str]) -> dict:
+    """What ``edit`` changed, for the start of a sentence: the hidden tokens' texts, the heads
+    and the layers switched off: ``{"hide": [text...], "heads_off": [[layer, head]...],
+    "layers_off": [layer...]}``."""
+    return {"hide": [tokens[i] for i in sorted(edit.hide)],
+            "heads_off": [list(pair) for pair in sorted(edit.heads_off)],
+            "layers_off": sorted(edit.layers_off)}
 
 
 def describe_edit(edit: Edit, tokens: list[str]) -> str:
-    """``"Without 'animal'"``, ``"With layer 2, head 3 switched off"``... for the page's sentences."""
+    """``"Without 'animal'"``, ``"With layer 2 head 3 switched off"``... for the page's sentences."""
+    lead = edit_lead(edit, tokens)
     parts = []
-    if edit.hide:
-        parts.append("without " + " and ".join(_quoted(tokens, i) for i in sorted(edit.hide)))
-    if edit.heads_off:
-        heads = ", ".join(f"layer {layer} head {head}" for layer, head in sorted(edit.heads_off))
-        parts.append(f"with {heads} switched off")
-    if edit.layers_off:
-        layers = ", ".join(str(layer) for layer in sorted(edit.layers_off))
-        parts.append(f"with every head of layer {layers} switched off")
-    text = "; ".join(parts)
+    if lead["hide"]:
+        words = _say("serve.whatif.lead.and").join(shown(token) for token in lead["hide"])
+        parts.append(_say("serve.whatif.lead.without", words=words))
+    if lead["heads_off"]:
+        heads = _say("serve.whatif.lead.list").join(_say("serve.whatif.lead.head", layer=layer, head=head)
+                                                     for layer, head in lead["heads_off"])
+        parts.append(_say("serve.whatif.lead.heads_off", heads=heads))
+    if lead["layers_off"]:
+        layers = _say("serve.whatif.lead.list").join(str(layer) for layer in lead["layers_off"])
+        parts.append(_say("serve.whatif.lead.layers_off", layers=layers))
+    text = _say("serve.whatif.lead.join").join(parts)
     return text[:1].upper() + text[1:]
+
+
+# How a note's values are written in its sentence (the page writes them the same way).
+NOTE_FORMATS = {"word": shown, "now": shown, "was": shown,
+                "cosine_pct": "{:.1f}".format, "cosine": "{:.3f}".format}
+
+
+def _english(note: dict, lead: str) -> str:
+    """The English sentence of one note (see the comment at the top of this section)."""
+    values = {name: NOTE_FORMATS.get(name, str)(value) for name, value in note.items() if name != "kind"}
+    return _say(f"serve.whatif.note.{note['kind']}", lead=lead, **values)
 
 
 def _top_keys(row: Sequence[float], exclude: set[int], top: int = WORDS_TOP) -> list[dict]:
@@ -274,8 +308,9 @@ def _top_keys(row: Sequence[float], exclude: set[int], top: int = WORDS_TOP) -> 
     return [{"token": k, "weight": round(float(row[k]), 6)} for k in order[:top]]
 
 
-def _word_changes(original: dict, edited: dict, edit: Edit) -> tuple[list[dict], list[str]]:
-    """Per word of the edited run's selected head: the keys it looked at most, before and after."""
+def _word_changes(original: dict, edited: dict, edit: Edit) -> tuple[list[dict], list[dict]]:
+    """Per word of the edited run's selected head: the keys it looked at most, before and after;
+    and notes on the words whose attention moved most."""
     layer, head = edited["selected"]["layer"], edited["selected"]["head"]
     before_rows = original["attention"][layer][head]
     after_rows = edited["attention"][layer][head]
@@ -295,28 +330,25 @@ def _word_changes(original: dict, edited: dict, edit: Edit) -> tuple[list[dict],
         shift = 0.5 * sum(abs(a - b) for a, b in zip(after, before, strict=True))
         if entry["before"] and entry["after"]:
             moved.append((shift, q, entry))
-    sentences = []
-    lead = describe_edit(edit, tokens)
-    where = f"(layer {layer}, head {head})"
+    notes = []
     for shift, q, entry in sorted(moved, key=lambda m: -m[0])[:SENTENCES_MAX - 1]:
         was, now = entry["before"][0], entry["after"][0]
         if shift < 0.01:
             continue
         if was["token"] != now["token"]:
-            sentences.append(
-                f"{lead}, {_quoted(tokens, q)} looks most at {_quoted(tokens, now['token'])} "
-                f"({now['weight']:.0%}) instead of {_quoted(tokens, was['token'])} ({was['weight']:.0%}) "
-                f"{where}.")
+            notes.append({"kind": "moved", "word": tokens[q], "now": tokens[now["token"]],
+                          "now_weight": _percent(now["weight"]), "was": tokens[was["token"]],
+                          "was_weight": _percent(was["weight"]), "layer": layer, "head": head})
         else:
-            sentences.append(
-                f"{lead}, {_quoted(tokens, q)} still looks most at {_quoted(tokens, now['token'])}, "
-                f"but {shift:.0%} of its attention moved to other words {where}.")
-    return words, sentences
+            notes.append({"kind": "kept", "word": tokens[q], "now": tokens[now["token"]],
+                          "shift": _percent(shift), "layer": layer, "head": head})
+    return words, notes
 
 
-def _next_changes(before: torch.Tensor, after: torch.Tensor, tokenizer, lead: str,
-                  top: int = 5) -> tuple[list[dict], list[str]]:
-    """Next-token probabilities (temperature 1) before and after, for the top tokens of either."""
+def _next_changes(before: torch.Tensor, after: torch.Tensor, tokenizer,
+                  top: int = 5) -> tuple[list[dict], dict]:
+    """Next-token probabilities (temperature 1) before and after, for the top tokens of either,
+    and the note on the most likely one."""
     p_before = torch.softmax(before.double(), dim=-1)
     p_after = torch.softmax(after.double(), dim=-1)
     ids = list(dict.fromkeys(torch.topk(p_before, top).indices.tolist()
@@ -325,36 +357,31 @@ def _next_changes(before: torch.Tensor, after: torch.Tensor, tokenizer, lead: st
     rows = [{"id": i, "text": token_text(tokenizer, i), "before": float(p_before[i]),
              "after": float(p_after[i])} for i in ids]
     was, now = int(p_before.argmax()), int(p_after.argmax())
-    def name(i: int) -> str:
-        return shown(token_text(tokenizer, i))
-
-    if was != now:
-        sentence = (f"{lead}, the most likely next token changes from {name(was)} "
-                    f"({float(p_before[was]):.0%}) to {name(now)} ({float(p_after[now]):.0%}).")
-    else:
-        sentence = (f"{lead}, the most likely next token is still {name(now)}: "
-                    f"{float(p_before[was]):.0%} before, {float(p_after[now]):.0%} now.")
-    return rows, [sentence]
+    note = {"kind": "next_changed" if was != now else "next_same",
+            "was": token_text(tokenizer, was), "was_p": _percent(p_before[was]),
+            "now": token_text(tokenizer, now), "now_p": _percent(p_after[now])}
+    return rows, note
 
 
 def compare_runs(original: Run, edited: Run, tokenizer) -> dict:
-    """The ``changes`` object of ``/api/whatif``: what ``edited.edit`` changed against ``original``."""
+    """The ``changes`` object of ``/api/whatif``: what ``edited.edit`` changed against ``original``:
+    ``words``, ``next`` (decoders) or ``cosine`` (encoders), ``lead`` (:func:`edit_lead`),
+    ``notes`` and their English ``sentences``."""
     tokens = original.explanation["tokens"]
-    words, sentences = _word_changes(original.explanation, edited.explanation, edited.edit)
-    changes: dict = {"words": words, "sentences": [], "cosine": None, "next": None}
-    lead = describe_edit(edited.edit, tokens)
+    words, notes = _word_changes(original.explanation, edited.explanation, edited.edit)
+    changes: dict = {"words": words, "cosine": None, "next": None, "lead": edit_lead(edited.edit, tokens)}
     if original.logits is not None:
-        changes["next"], first = _next_changes(original.logits, edited.logits, tokenizer, lead)
-        changes["sentences"] = first + sentences
+        changes["next"], first = _next_changes(original.logits, edited.logits, tokenizer)
+        notes = [first, *notes]
     else:
         cosine = float(torch.dot(original.embedding.double(), edited.embedding.double()))
         changes["cosine"] = cosine
-        changes["sentences"] = [
-            *sentences,
-            f"{lead}, the sentence's meaning vector stays {cosine:.1%} similar to the original "
-            f"(cosine {cosine:.3f}; 100% would be unchanged)."]
-    if not changes["sentences"]:
-        changes["sentences"] = [f"{lead}, nothing visible changes in the selected head."]
+        notes.append({"kind": "meaning", "cosine_pct": round(cosine * 100, 1), "cosine": round(cosine, 3)})
+    if not notes:
+        notes = [{"kind": "nothing"}]
+    lead = describe_edit(edited.edit, tokens)
+    changes["notes"] = notes
+    changes["sentences"] = [_english(note, lead) for note in notes]
     return changes
 
 
@@ -449,5 +476,5 @@ def _sampling_probability(logits: torch.Tensor, sampling: Sampling, token: int) 
     return float(torch.softmax(sampling.filtered(logits).double(), dim=-1)[token])
 
 
-__all__ = ["Edit", "Run", "compare_runs", "describe_edit", "generation_steps", "next_candidates",
+__all__ = ["Edit", "Run", "compare_runs", "describe_edit", "edit_lead", "generation_steps", "next_candidates",
            "run_text"]

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from attnlab.explain.files import fill_template
+from attnlab.explain.i18n import DEFAULT_LANGUAGE, page_strings
 from attnlab.files import write_html
 
 SCHEMA_VERSION = 1
@@ -31,20 +32,25 @@ def check_explanation(data: dict) -> None:
         raise ValueError(f"explanation data has version={data['version']!r}, the page reads {SCHEMA_VERSION}")
 
 
-def render_page(data: dict) -> str:
-    """The page for ``data`` as one HTML string.
+def render_page(data: dict, *, lang: str = DEFAULT_LANGUAGE) -> str:
+    """The page for ``data`` as one HTML string, written in ``lang`` ("en" or "zh"; the reader
+    may switch it, or ask with ``?lang=``; the browser's own language does not override it).
 
     Raises ``ValueError`` when ``data`` lacks a key of the schema, has another schema version,
-    or holds something JSON cannot carry (NaN, infinity, a non-string key...).
+    or holds something JSON cannot carry (NaN, infinity, a non-string key...), and for a
+    language attnlab has no table for.
     """
     check_explanation(data)
+    strings = page_strings(lang, follow_browser=False)
     try:
-        return fill_template("page.html", title=f"attnlab explain: {data['text']}", data=data)
+        return fill_template("page.html", title=f"attnlab explain: {data['text']}", data=data,
+                             strings=strings)
     except ValueError as error:
         raise ValueError(f"explanation {error}") from error
 
 
-def write_page(data: dict, path: str | os.PathLike, *, force: bool = False) -> Path:
+def write_page(data: dict, path: str | os.PathLike, *, force: bool = False,
+               lang: str = DEFAULT_LANGUAGE) -> Path:
     """Write the page for ``data`` to ``path`` and return the path.
 
     The file is written next to its destination under a temporary name, then renamed over it,
@@ -52,6 +58,6 @@ def write_page(data: dict, path: str | os.PathLike, *, force: bool = False) -> P
     :func:`render_page`) and ``OSError`` with a one-line message naming the path when it cannot
     be written (missing folder, no permission, a folder in the way...), among them
     :class:`attnlab.files.NotOursError` for a file there that attnlab did not write (replaced
-    only with ``force``).
+    only with ``force``). ``lang``: see :func:`render_page`.
     """
-    return write_html(path, render_page(data), force=force)
+    return write_html(path, render_page(data, lang=lang), force=force)

@@ -49,7 +49,7 @@ def attention_rollout(weights: torch.Tensor) -> torch.Tensor:
     return rollout
 
 
-def _png_data_url(pixels: torch.Tensor) -> str:
+def png_data_url(pixels: torch.Tensor) -> str:
     """``(C, H, W)`` uint8 (C = 1 or 3) as a ``data:image/png;base64,...`` URL."""
     from PIL import Image
 
@@ -93,8 +93,8 @@ def vision_data(model: torch.nn.Module, pixels: torch.Tensor, normalization, cla
         "patch_size": config.patch_size,
         "patch_overlap": config.patch_overlap,
         "stem_channels": config.stem_channels,
-        "image": _png_data_url(pixels if original is None else original),
-        "input_image": _png_data_url(pixels),
+        "image": png_data_url(pixels if original is None else original),
+        "input_image": png_data_url(pixels),
         "rollout": rollout.tolist(),
         "cls_attention": weights[:, :, 0, 1:].tolist(),
         "cls_self": weights[:, :, 0, 0].tolist(),

@@ -1,5 +1,6 @@
 """Models built from :mod:`attnlab.attention`: pretrained BERT (MiniLM) and LLaMA (SmolLM2), a GPT,
-and translators (a Transformer and an LSTM baseline).
+and translators (a Transformer and an LSTM baseline); Hugging Face model folders (BERT, LLaMA,
+Qwen2, Mistral, GPT-2) load into the same modules (:mod:`attnlab.models.hf`).
 
 Classes are imported lazily so that ``import attnlab.models`` stays cheap.
 """
@@ -26,6 +27,8 @@ _LAZY = {
     "load_pretrained": "attnlab.models.pretrained",
     "MissingPackageError": "attnlab.models.pretrained",
     "PRETRAINED": "attnlab.models.pretrained",
+    "load_folder": "attnlab.models.hf",
+    "ModelFolderError": "attnlab.models.hf",
 }
 
 

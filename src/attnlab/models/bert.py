@@ -6,7 +6,7 @@ Plainly, for token ids ``(batch, seq)``::
     for block in layers:                     # post-LayerNorm blocks, see attnlab.models.blocks
         x = LayerNorm(x + Attention(x))      # bidirectional; padding keys masked out
         x = LayerNorm(x + FeedForward(x))
-    embed(sentences) = normalize(mean of x over each sentence's real tokens)
+    embed(sentences) = normalize(mean of x over each sentence's real tokens)    (the default Pooling)
 """
 
 from __future__ import annotations
@@ -54,31 +54,37 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
-    @classmethod
-    def from_hf_config(cls, hf: dict) -> BertConfig:
-        """From a Hugging Face ``config.json`` dict of a ``BertModel``.
 
-        Raises ``ValueError`` for variants this encoder does not implement (another activation,
-        relative position embeddings).
-        """
-        unsupported = {
-            key: hf[key]
-            for key, expected in (("hidden_act", "gelu"), ("position_embedding_type", "absolute"))
-            if hf.get(key, expected) != expected
-        }
-        if unsupported:
-            raise ValueError(f"unsupported BERT config values {unsupported}; need exact gelu, "
-                             "absolute positions")
-        return cls(
-            vocab_size=hf["vocab_size"],
-            embed_dim=hf["hidden_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=hf["num_attention_heads"],
-            ffn_dim=hf["intermediate_size"],
-            max_positions=hf["max_position_embeddings"],
-            type_vocab_size=hf["type_vocab_size"],
-            layer_norm_eps=hf["layer_norm_eps"],
-        )
+POOLING_MODES = ("mean", "cls", "max")
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How :meth:`BertEncoder.embed` turns a sentence's last hidden states into one vector.
+
+    ``mode``: ``"mean"`` (over the real tokens), ``"cls"`` (the first token's) or ``"max"``
+    (per feature, over the real tokens), as sentence-transformers' ``Pooling`` module; then
+    ``normalize`` scales it to unit length (its ``Normalize`` module).
+    """
+
+    mode: str = "mean"
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in POOLING_MODES:
+            raise ValueError(f"pooling mode must be one of {POOLING_MODES}, got {self.mode!r}")
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``hidden`` ``(b, seq, D)``, ``mask`` ``(b, seq)`` 1 at real tokens -> ``(b, D)``."""
+        real = mask.unsqueeze(-1).to(hidden.dtype)  # (b, seq, 1): 1 at real tokens
+        if self.mode == "cls":
+            pooled = hidden[:, 0]
+        elif self.mode == "max":
+            # Padding set far below any activation, as sentence-transformers does.
+            pooled = hidden.masked_fill(real == 0, -1e9).max(dim=1).values
+        else:
+            pooled = (hidden * real).sum(dim=1) / real.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=-1) if self.normalize else pooled
 
 
 @dataclass
@@ -97,8 +103,10 @@ class BertOutput:
 class BertEncoder(SafetensorsModel, nn.Module):
     """BERT's encoder stack (no pooler or heads) with sentence :meth:`embed`.
 
-    ``tokenizer`` (set by :func:`attnlab.models.pretrained.minilm.load_minilm`) turns text into
+    ``tokenizer`` (set by :func:`attnlab.models.pretrained.load_pretrained`) turns text into
     ids for :meth:`embed`; a model built or loaded otherwise has none until it is assigned.
+    ``pooling`` (a :class:`Pooling`, mean to unit length unless a model folder's
+    sentence-transformers files say otherwise) is how :meth:`embed` pools.
     """
 
     is_causal = False
@@ -117,6 +125,7 @@ class BertEncoder(SafetensorsModel, nn.Module):
             for _ in range(config.num_layers)
         )
         self.tokenizer = None
+        self.pooling = Pooling()
 
     @classmethod
     def from_config(cls, config: BertConfig) -> BertEncoder:
@@ -169,8 +178,9 @@ class BertEncoder(SafetensorsModel, nn.Module):
 
     @torch.no_grad()
     def embed(self, sentences: str | list[str], batch_size: int = 32) -> torch.Tensor:
-        """Sentence embeddings ``(n, embed_dim)``: mean of the last hidden states over each
-        sentence's real tokens, L2-normalised (sentence-transformers' mean pooling).
+        """Sentence embeddings ``(n, embed_dim)``: the last hidden states pooled by
+        ``self.pooling`` (by default their mean over each sentence's real tokens, L2-normalised:
+        sentence-transformers' mean pooling).
 
         Sentences are encoded longest first, so each batch pads to similar lengths; the rows
         come back in input order. A str gives a ``(1, embed_dim)`` result.
@@ -181,8 +191,8 @@ class BertEncoder(SafetensorsModel, nn.Module):
         """
         if self.tokenizer is None:
             raise RuntimeError(
-                "BertEncoder.embed needs a tokenizer: use attnlab.models.pretrained.minilm."
-                "load_minilm(), or set model.tokenizer"
+                "BertEncoder.embed needs a tokenizer: use attnlab.models.pretrained."
+                "load_pretrained(), or set model.tokenizer"
             )
         if isinstance(sentences, str):
             sentences = [sentences]
@@ -204,7 +214,5 @@ class BertEncoder(SafetensorsModel, nn.Module):
                 )
             ids, mask = ids.to(device), mask.to(device)
             hidden = self(ids, mask).last_hidden_state  # (b, seq, D)
-            weights = mask.unsqueeze(-1).to(hidden.dtype)  # (b, seq, 1): 1 at real tokens
-            mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            out[rows] = F.normalize(mean, p=2, dim=-1).to(out.dtype)
+            out[rows] = self.pooling(hidden, mask).to(out.dtype)
         return out

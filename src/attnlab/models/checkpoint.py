@@ -29,19 +29,20 @@ from pathlib import Path
 
 import torch
 
+from attnlab.errors import AttnlabError
 from attnlab.models.config_check import MAX_PARAMETERS, check_config_fields
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 #: Bound on a JSON file read from a saved folder (configs and states are a few KiB).
 MAX_JSON_BYTES = 1 << 20
-# safetensors dtype names of floating tensors: every weight of a model is one of these.
-_FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+#: safetensors dtype names of floating tensors: every weight of a model is one of these.
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 # Enough names in a list of missing or unexpected tensors to see the pattern, on one line.
 _MAX_NAMED = 4
 
 
-class SavedFileError(ValueError):
+class SavedFileError(AttnlabError, ValueError):
     """A file of a saved model or tokenizer is damaged, malformed, or asks for too much.
 
     The message is one line and starts with the file's path.
@@ -132,9 +133,9 @@ def read_weights(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, tor
                 if shape != tuple(want.shape):
                     raise SavedFileError(f"{path}: tensor {name} has shape {list(shape)}, its config "
                                          f"needs {list(want.shape)}")
-                if want.is_floating_point() and dtype not in _FLOAT_DTYPES:
+                if want.is_floating_point() and dtype not in FLOAT_DTYPES:
                     raise SavedFileError(f"{path}: tensor {name} has dtype {dtype}, not a floating "
-                                         f"one ({', '.join(sorted(_FLOAT_DTYPES))})")
+                                         f"one ({', '.join(sorted(FLOAT_DTYPES))})")
             tensors = {name: file.get_tensor(name) for name in expected}
     except SafetensorError as error:
         raise SavedFileError(f"{path} is not a readable safetensors file ({one_line(error)})") from None

@@ -31,10 +31,10 @@ from attnlab.attention import (
     MultiHeadAttention,
     RotaryEmbedding,
 )
+from attnlab.models.blocks import ACTIVATIONS, FeedForward, TokenEmbedding
 from attnlab.models.checkpoint import SafetensorsModel
 from attnlab.models.config_check import check_config_fields
 from attnlab.models.decoder import DecoderMixin
-from attnlab.models.llama import TokenEmbedding
 
 POSITIONS = ("rope", "learned")
 INIT_STD = 0.02
@@ -48,7 +48,9 @@ class GPTConfig:
     vector per position added to the token embeddings, as in GPT-2). ``bias``: biases in the
     linear layers and LayerNorms. ``backend``: the attention backend (see
     :func:`attnlab.attention.attention`). ``dropout`` applies to embeddings, residual branches and
-    attention weights, in training mode only.
+    attention weights, in training mode only. ``ffn_dim`` (default ``4 * embed_dim``),
+    ``ffn_activation`` (``"gelu"`` exact or ``"gelu_tanh"``, GPT-2's) and ``norm_eps`` (the
+    LayerNorms') describe the MLP and norms; a pretrained GPT-2 needs ``"gelu_tanh"``.
     """
 
     vocab_size: int
@@ -60,11 +62,16 @@ class GPTConfig:
     positions: str = "rope"
     bias: bool = False
     backend: str = "auto"
+    ffn_dim: int | None = None
+    ffn_activation: str = "gelu"
+    norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         check_config_fields(self)
-        sizes = ("vocab_size", "max_positions", "num_layers", "num_heads", "embed_dim")
+        sizes = ("vocab_size", "max_positions", "num_layers", "num_heads", "embed_dim", "norm_eps")
         bad = {name: getattr(self, name) for name in sizes if not getattr(self, name) > 0}
+        if self.ffn_dim is not None and self.ffn_dim <= 0:
+            bad["ffn_dim"] = self.ffn_dim
         if bad:
             raise ValueError(f"GPTConfig sizes must be positive, got {bad}")
         if self.embed_dim % self.num_heads:
@@ -77,6 +84,8 @@ class GPTConfig:
             raise ValueError(f"RoPE needs an even head_dim, got head_dim={self.head_dim}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.ffn_activation not in ACTIVATIONS:
+            raise ValueError(f"ffn_activation must be one of {ACTIVATIONS}, got {self.ffn_activation!r}")
 
     @property
     def head_dim(self) -> int:
@@ -88,28 +97,17 @@ class GPTConfig:
         return self.num_heads
 
 
-class MLP(nn.Module):
-    """``down(gelu(up(x)))``: ``(..., embed_dim) -> (..., embed_dim)`` through ``4 * embed_dim``."""
-
-    def __init__(self, embed_dim: int, bias: bool) -> None:
-        super().__init__()
-        self.up = nn.Linear(embed_dim, 4 * embed_dim, bias=bias)
-        self.down = nn.Linear(4 * embed_dim, embed_dim, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x)))
-
-
 class GPTBlock(nn.Module):
     """``x + dropout(Attention(LayerNorm(x)))`` then ``x + dropout(MLP(LayerNorm(x)))``."""
 
     def __init__(self, config: GPTConfig, rope: RotaryEmbedding | None) -> None:
         super().__init__()
-        self.attn_norm = nn.LayerNorm(config.embed_dim, bias=config.bias)
+        self.attn_norm = nn.LayerNorm(config.embed_dim, eps=config.norm_eps, bias=config.bias)
         self.attn = MultiHeadAttention(config.embed_dim, config.num_heads, bias=config.bias,
                                        dropout=config.dropout, rope=rope, backend=config.backend)
-        self.mlp_norm = nn.LayerNorm(config.embed_dim, bias=config.bias)
-        self.mlp = MLP(config.embed_dim, config.bias)
+        self.mlp_norm = nn.LayerNorm(config.embed_dim, eps=config.norm_eps, bias=config.bias)
+        ffn_dim = 4 * config.embed_dim if config.ffn_dim is None else config.ffn_dim
+        self.mlp = FeedForward(config.embed_dim, ffn_dim, bias=config.bias, activation=config.ffn_activation)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -139,7 +137,7 @@ class GPT(DecoderMixin, SafetensorsModel, nn.Module):
         self.rope = None if learned else RotaryEmbedding(config.head_dim, max_seq_len=config.max_positions)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(GPTBlock(config, self.rope) for _ in range(config.num_layers))
-        self.norm = nn.LayerNorm(config.embed_dim, bias=config.bias)
+        self.norm = nn.LayerNorm(config.embed_dim, eps=config.norm_eps, bias=config.bias)
         if not self.embed.weight.is_meta:  # on the meta device every weight comes from a file
             self.reset_parameters()
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnlab.attention import KVCache, MultiHeadAttention, RotaryEmbedding
+from attnlab.models.blocks import RMSNorm, SwiGLU, TokenEmbedding
 from attnlab.models.checkpoint import SafetensorsModel
 from attnlab.models.config_check import check_config_fields
 from attnlab.models.decoder import DecoderMixin
@@ -28,7 +28,13 @@ from attnlab.models.decoder import DecoderMixin
 
 @dataclass
 class LlamaConfig:
-    """Sizes of a LLaMA decoder; the defaults are SmolLM2-135M's."""
+    """Sizes of a LLaMA decoder; the defaults are SmolLM2-135M's.
+
+    The variants of the family: ``qkv_bias`` and ``out_bias`` put biases on the query/key/value
+    and the output projections (Qwen2 has the first only); ``window`` (Mistral's
+    ``sliding_window``) lets each position attend to itself and the ``window - 1`` positions
+    before it; None sees the whole past.
+    """
 
     vocab_size: int = 49152
     embed_dim: int = 576
@@ -40,12 +46,17 @@ class LlamaConfig:
     rope_theta: float = 100000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
+    qkv_bias: bool = False
+    out_bias: bool = False
+    window: int | None = None
 
     def __post_init__(self) -> None:
         check_config_fields(self)
         sizes = ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "ffn_dim",
                  "max_positions", "rope_theta", "norm_eps")
         bad = {name: getattr(self, name) for name in sizes if not getattr(self, name) > 0}
+        if self.window is not None and self.window <= 0:
+            bad["window"] = self.window
         if bad:
             raise ValueError(f"LlamaConfig values must be positive, got {bad}")
         if self.embed_dim % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -62,58 +73,17 @@ class LlamaConfig:
         return self.embed_dim // self.num_heads
 
 
-class RMSNorm(nn.Module):
-    """``x / sqrt(mean(x²) + eps) * weight`` over the last dimension, as LLaMA normalises.
-
-    Computed in float32 whatever the input dtype (squares of bf16 activations lose too much),
-    then cast back, as in Hugging Face's ``LlamaRMSNorm``.
-    """
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
-
-
-class SwiGLU(nn.Module):
-    """``down(silu(gate(x)) * up(x))``: ``(..., embed_dim) -> (..., embed_dim)``, no biases."""
-
-    def __init__(self, embed_dim: int, ffn_dim: int) -> None:
-        super().__init__()
-        self.gate = nn.Linear(embed_dim, ffn_dim, bias=False)
-        self.up = nn.Linear(embed_dim, ffn_dim, bias=False)
-        self.down = nn.Linear(ffn_dim, embed_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
-
-
-class TokenEmbedding(nn.Embedding):
-    """``nn.Embedding`` that skips initialising a weight on the meta device.
-
-    :meth:`LlamaDecoder.load` builds the model on the meta device and then takes every weight
-    from the file. ``normal_`` on a meta tensor computes nothing but imports ``torch._dynamo``
-    (1-2 s, most of a cached load); the other layers' initialisers do not.
-    """
-
-    def reset_parameters(self) -> None:
-        if not self.weight.is_meta:
-            super().reset_parameters()
-
-
 class LlamaBlock(nn.Module):
     """``x + Attention(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))``, causal self-attention."""
 
     def __init__(self, config: LlamaConfig, rope: RotaryEmbedding) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.embed_dim, config.norm_eps)
+        # A window of w positions: the key w - 1 places back is the oldest one seen.
+        window = None if config.window is None else (config.window - 1, 0)
         self.attn = MultiHeadAttention(config.embed_dim, config.num_heads,
-                                       num_kv_heads=config.num_kv_heads, bias=False, rope=rope)
+                                       num_kv_heads=config.num_kv_heads, bias=config.qkv_bias,
+                                       out_bias=config.out_bias, rope=rope, window=window)
         self.ffn_norm = RMSNorm(config.embed_dim, config.norm_eps)
         self.ffn = SwiGLU(config.embed_dim, config.ffn_dim)
 

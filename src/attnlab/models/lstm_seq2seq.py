@@ -164,7 +164,7 @@ class LSTMSeq2Seq(SafetensorsModel, nn.Module):
         its caches with it); an LSTM state does not depend on it."""
         return self.encode(src_ids)
 
-    def _step(
+    def step_with_attention(
         self, token_ids: torch.Tensor, state: LSTMState,
     ) -> tuple[torch.Tensor, LSTMState, torch.Tensor]:
         """One decoder step: ``(logits (batch, vocab), new state, attention weights (batch, Ls))``."""
@@ -183,7 +183,7 @@ class LSTMSeq2Seq(SafetensorsModel, nn.Module):
     def decode_step(self, token_ids: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         """Feed ``token_ids`` ``(batch,)``; returns next-token ``logits`` ``(batch, vocab)`` and the
         new state (``state`` itself is left unchanged)."""
-        logits, new_state, _ = self._step(token_ids, state)
+        logits, new_state, _ = self.step_with_attention(token_ids, state)
         return logits, new_state
 
     @staticmethod
@@ -205,7 +205,7 @@ class LSTMSeq2Seq(SafetensorsModel, nn.Module):
         all_logits, all_weights = [], []
         # Attention at step t needs the decoder state of step t - 1, so the steps run one by one.
         for t in range(tgt_in.shape[1]):
-            logits, state, weights = self._step(tgt_in[:, t], state)
+            logits, state, weights = self.step_with_attention(tgt_in[:, t], state)
             all_logits.append(logits)
             all_weights.append(weights)
         return torch.stack(all_logits, dim=1), torch.stack(all_weights, dim=1)

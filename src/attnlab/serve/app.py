@@ -142,7 +142,7 @@ class ServedModel:
 
 # ---------- request checks ----------
 
-def _whole(value, name: str, low: int, high: int | None = None) -> int:
+def whole_number(value, name: str, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(400, f"{name} must be a whole number, got {json.dumps(value)}")
     if value < low or (high is not None and value > high):
@@ -153,7 +153,7 @@ def _whole(value, name: str, low: int, high: int | None = None) -> int:
 
 def _optional_whole(body: dict, name: str, low: int, high: int | None = None) -> int | None:
     value = body.get(name)
-    return None if value is None else _whole(value, name, low, high)
+    return None if value is None else whole_number(value, name, low, high)
 
 
 def _number(value, name: str) -> float:
@@ -175,17 +175,18 @@ def _edit(body: dict) -> Edit:
             raise RequestError(400, f"edit.{name} must be a list of at most {MAX_EDIT_ITEMS} items")
         return value
 
-    hide = tuple(sorted({_whole(v, "edit.hide", 0) for v in items("hide")}))
-    layers = tuple(sorted({_whole(v, "edit.layers_off", 0) for v in items("layers_off")}))
+    hide = tuple(sorted({whole_number(v, "edit.hide", 0) for v in items("hide")}))
+    layers = tuple(sorted({whole_number(v, "edit.layers_off", 0) for v in items("layers_off")}))
     heads = set()
     for pair in items("heads_off"):
         if not isinstance(pair, list) or len(pair) != 2:
             raise RequestError(400, "edit.heads_off must hold [layer, head] pairs")
-        heads.add((_whole(pair[0], "edit.heads_off layer", 0), _whole(pair[1], "edit.heads_off head", 0)))
+        heads.add((whole_number(pair[0], "edit.heads_off layer", 0),
+                   whole_number(pair[1], "edit.heads_off head", 0)))
     return Edit(hide=hide, heads_off=tuple(sorted(heads)), layers_off=layers)
 
 
-def _text(body: dict) -> str:
+def text_field(body: dict) -> str:
     text = body.get("text")
     if not isinstance(text, str):
         raise RequestError(400, "text must be a string")
@@ -282,7 +283,7 @@ class Explorer:
     async def explain(self, request: Request) -> Response:
         body = await json_body(request)
         served = self._model(body)
-        text, edit = _text(body), _edit(body)
+        text, edit = text_field(body), _edit(body)
         layer, head = self._head(served, body)
 
         def job():
@@ -298,7 +299,7 @@ class Explorer:
     async def whatif(self, request: Request) -> Response:
         body = await json_body(request)
         served = self._model(body)
-        text, edit = _text(body), _edit(body)
+        text, edit = text_field(body), _edit(body)
         if not edit:
             raise RequestError(400, "a what-if needs an edit: hide a word or switch off a head")
         send_original = body.get("original", True)
@@ -329,9 +330,9 @@ class Explorer:
         if not served.causal:
             raise RequestError(400, f"{served.title} reads text but does not write it; pick a "
                                     "model that generates")
-        text, edit = _text(body), _edit(body)
+        text, edit = text_field(body), _edit(body)
         sampling, seed = _sampling(body)
-        max_new = _whole(body.get("max_new_tokens", 20), "max_new_tokens", 1, MAX_NEW_TOKENS)
+        max_new = whole_number(body.get("max_new_tokens", 20), "max_new_tokens", 1, MAX_NEW_TOKENS)
         try:
             ids = served.tokenizer.encode(text)
         except ValueError as err:  # e.g. a character a character-level vocabulary lacks
@@ -358,30 +359,30 @@ class Explorer:
         self.stats["generations_started"] += 1
         finished = False
         try:
-            yield _line({"type": "start", "tokens": tokens, "ids": ids})
+            yield ndjson_line({"type": "start", "tokens": tokens, "ids": ids})
             while True:
                 if await request.is_disconnected():
                     break
                 # Admitted once, at the start: a running generation is never cut off by a full queue.
-                event = await served.queue.run(_next_event, steps, admitted=True)
+                event = await served.queue.run(next_event, steps, admitted=True)
                 if event is None:
                     finished = True
                     break
                 if event["type"] == "token":
                     self.stats["tokens_generated"] += 1
-                yield _line(event)
+                yield ndjson_line(event)
         except RequestError as err:
-            yield _line({"type": "error", "error": _sentence(str(err))})
+            yield ndjson_line({"type": "error", "error": sentence(str(err))})
         except Exception as err:  # one line to the page and the log, never a dead stream
-            _note(request, f"generation failed: {type(err).__name__}: {err}")
-            yield _line({"type": "error", "error": f"The generation failed: {err}"})
+            note(request, f"generation failed: {type(err).__name__}: {err}")
+            yield ndjson_line({"type": "error", "error": f"The generation failed: {err}"})
         finally:
             steps.close()
             self.stats["generations_finished" if finished else "generations_stopped"] += 1
-            _note(request, "generation finished" if finished else "generation stopped: its client left")
+            note(request, "generation finished" if finished else "generation stopped: its client left")
 
 
-def _next_event(steps):
+def next_event(steps):
     try:
         return next(steps)
     except StopIteration:
@@ -390,7 +391,7 @@ def _next_event(steps):
         raise RequestError(400, str(err)) from None
 
 
-def _line(event: dict) -> bytes:
+def ndjson_line(event: dict) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
 
 
@@ -400,11 +401,11 @@ def _as_request_error(job):
         try:
             return job()
         except ValueError as err:
-            raise RequestError(400, _sentence(str(err))) from None
+            raise RequestError(400, sentence(str(err))) from None
     return wrapped
 
 
-def _sentence(message: str) -> str:
+def sentence(message: str) -> str:
     message = message.strip()
     message = message[:1].upper() + message[1:]
     return message if message.endswith((".", "!", "?")) else message + "."
@@ -442,7 +443,7 @@ async def json_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> dict:
     return body
 
 
-def _note(request: Request, text: str) -> None:
+def note(request: Request, text: str) -> None:
     """Add ``text`` to the request's one log line (written by :class:`GuardMiddleware`)."""
     request.scope.setdefault("state", {}).setdefault("attnlab_notes", []).append(text)
 
@@ -480,7 +481,7 @@ class GuardMiddleware:
         try:
             if problem is not None:
                 notes.append(f"refused: Host {host!r}, Origin {headers.get('origin')!r}")
-                refusal = FastJSONResponse({"error": _sentence(problem)}, status_code=403)
+                refusal = FastJSONResponse({"error": sentence(problem)}, status_code=403)
                 await refusal(scope, receive, send_and_see)
             else:
                 await self.app(scope, receive, send_and_see)
@@ -521,11 +522,11 @@ def create_app(models: list[ServedModel], *, host: str = "127.0.0.1", port: int 
                 return await endpoint(request)
             except RequestError as err:
                 headers = {"Retry-After": "1"} if err.status == 503 else None
-                _note(request, str(err))
-                return FastJSONResponse({"error": _sentence(str(err))}, status_code=err.status,
+                note(request, str(err))
+                return FastJSONResponse({"error": sentence(str(err))}, status_code=err.status,
                                     headers=headers)
             except Exception as err:
-                _note(request, f"failed: {type(err).__name__}: {err}")
+                note(request, f"failed: {type(err).__name__}: {err}")
                 return FastJSONResponse({"error": f"The server failed on this request ({err})."},
                                     status_code=500)
         return Route(path, handler, methods=methods)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from attnlab.errors import AttnlabError
 from attnlab.explain.collect import MODEL_TEXT
+from attnlab.explain.i18n import strings
 from attnlab.serve.app import ServedModel
 
 EXAMPLES = {
@@ -14,43 +16,49 @@ EXAMPLES = {
 }
 
 
-class LoadError(ValueError):
+class LoadError(AttnlabError, ValueError):
     """A model or checkpoint that cannot be served: one line naming it and why."""
 
 
-def load_named(name: str) -> ServedModel:
-    """A pretrained model by name (see :func:`attnlab.models.load_pretrained`)."""
+def load_named(name: str, taken: set[str] = frozenset()) -> ServedModel:
+    """A pretrained model by name or a local model folder (see
+    :func:`attnlab.models.load_pretrained`); a folder is named by its own name."""
     from attnlab.models.pretrained import MissingPackageError, load_pretrained
 
     try:
         model, tokenizer = load_pretrained(name)
     except (MissingPackageError, ValueError, OSError) as err:
         raise LoadError(f"--model {name}: {err}") from None
-    title, description = MODEL_TEXT.get(name, (name, ""))
+    label = name if name in MODEL_TEXT else (Path(name).resolve().name or name)
+    title, description = MODEL_TEXT.get(name, (label, ""))
     kind = "decoder" if model.is_causal else "encoder"
-    if not description:
-        description = (f"A {kind} with {model.config.num_layers} layers of "
-                       f"{model.config.num_heads} heads.")
-    return ServedModel(id=name, title=title, description=description, model=model,
+    if not description:  # the page shows these in the reader's language ("model.text." keys)
+        description = strings("en")[f"model.text.{kind}_size"].format(
+            layers=model.config.num_layers, heads=model.config.num_heads)
+    return ServedModel(id=unique_id(label, taken), title=title, description=description, model=model,
                        tokenizer=tokenizer, example=EXAMPLES[kind])
 
 
 def gpt_part(folder: str | Path, loaded, taken: set[str]) -> ServedModel:
     """The Write part for a GPT trained with ``attnlab train gpt`` (``loaded`` from ``folder``)."""
-    if loaded.tokenizer is None:
-        raise LoadError(f"--checkpoint {folder}: {loaded.folder} has no tokenizer beside its GPT")
+    from attnlab.train.checkpoint import CheckpointError
+    from attnlab.train.runs import check_gpt_run
+
+    try:
+        check_gpt_run(loaded)
+    except CheckpointError as err:
+        raise LoadError(f"--checkpoint {folder}: {err}") from None
     name = unique_id("gpt-" + (Path(folder).resolve().name or "checkpoint"), taken)
     cfg = loaded.model.config
-    description = (f"Your own GPT, trained with attnlab ({cfg.num_layers} layers x {cfg.num_heads} "
-                   f"heads, {loaded.step:,} steps, reads {cfg.max_positions} tokens at most). It "
-                   "writes text one token at a time, so each token may only look at itself and the "
-                   "tokens before it.")
+    description = strings("en")["model.text.gpt"].format(
+        layers=cfg.num_layers, heads=cfg.num_heads, steps=f"{loaded.step:,}", positions=cfg.max_positions)
     example = "ROMEO:\nBut soft, what light"
     try:
         loaded.tokenizer.encode(example)
     except ValueError:  # a character vocabulary without some of these letters
         example = "the"
-    return ServedModel(id=name, title=f"Your GPT ({Path(folder).name})", description=description,
+    title = strings("en")["model.text.gpt_title"].format(folder=Path(folder).name)
+    return ServedModel(id=name, title=title, description=description,
                        model=loaded.model, tokenizer=loaded.tokenizer, example=example)
 
 

@@ -34,6 +34,9 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as err:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    except (TypeError, ValueError) as err:  # e.g. a NUL or other character no address has
+        sock.close()
+        raise OSError(f"cannot listen on {host!r}: not a host name or address ({err})") from None
     sock.set_inheritable(True)
     return sock
 

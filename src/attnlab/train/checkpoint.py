@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnlab.errors import AttnlabError
 from attnlab.files import fsync
 from attnlab.models.checkpoint import (
     CONFIG_FILE,
@@ -59,7 +60,7 @@ PARTIAL_PREFIX = ".tmp-"
 _STEP_FOLDER = re.compile(r"step-(\d+)")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(AttnlabError, RuntimeError):
     """A checkpoint is missing, damaged, or does not fit the run that wants to use it."""
 
 
@@ -580,12 +581,20 @@ def load_checkpoint(folder: str | os.PathLike, model_class: type | None = None) 
     :func:`attnlab.data.tokenizers.load_tokenizer`); the tokenizer's ids must fit the model's
     vocabulary. Raises :class:`CheckpointError`, one line naming the folder or file, when the
     folder is not a checkpoint, fails verification, holds a model of another class than
-    ``model_class``, or holds a file that is malformed or asks for too much.
+    ``model_class``, or holds a file that is malformed or asks for too much, and when the
+    system refuses to read it (e.g. a file without read permission).
     """
+    try:
+        return _read_checkpoint(Path(folder), model_class)
+    except OSError as error:  # raised by the system, not by a check: say which folder it was
+        raise CheckpointError(f"cannot read checkpoint {folder}: {one_line(error)}") from None
+
+
+def _read_checkpoint(folder: Path, model_class: type | None) -> LoadedCheckpoint:
+    """:func:`load_checkpoint`, less the system's own errors (``OSError``) it reports."""
     import attnlab.models
     from attnlab.models.checkpoint import SafetensorsModel
 
-    folder = Path(folder)
     if not (folder / MANIFEST_FILE).is_file() and (folder / CHECKPOINTS_DIR).is_dir():
         latest = latest_checkpoint(folder)
         if latest is None:

@@ -16,7 +16,27 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from attnlab.errors import AttnlabError
+
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DistributedEnvironmentError(AttnlabError, ValueError):
+    """A torchrun environment variable is missing or malformed; the message names it."""
+
+
+def process_rank() -> int:
+    """This process's rank in a ``torchrun`` run (``RANK``), 0 when it was not started by one
+    (``RANK`` unset or empty): the rank that reports for all. Readable before the process
+    group exists, so that a command can decide early what it prints. Raises
+    :class:`DistributedEnvironmentError` when ``RANK`` is not a whole number >= 0."""
+    text = os.environ.get("RANK", "").strip()
+    if not text:
+        return 0
+    rank = _whole_number("RANK", text)
+    if rank < 0:
+        raise DistributedEnvironmentError(f"environment variable RANK must be >= 0, got RANK={text!r}")
+    return rank
 
 
 @dataclass
@@ -80,12 +100,18 @@ class DistributedContext:
 def _env_int(name: str) -> int:
     text = os.environ.get(name)
     if text is None:
-        raise ValueError(f"multi-process training needs the environment variable {name} "
-                         f"(torchrun sets {', '.join(TORCHRUN_VARIABLES)})")
+        raise DistributedEnvironmentError(f"multi-process training needs the environment variable {name} "
+                                          f"(torchrun sets {', '.join(TORCHRUN_VARIABLES)})")
+    return _whole_number(name, text)
+
+
+def _whole_number(name: str, text: str) -> int:
+    """Environment variable ``name``'s value ``text`` as an int, or a one-line error naming it."""
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be a whole number, got {name}={text!r}") from None
+        raise DistributedEnvironmentError(f"environment variable {name} must be a whole number, "
+                                          f"got {name}={text!r}") from None
 
 
 def setup_distributed(device: str | torch.device | None = None) -> DistributedContext:
@@ -94,20 +120,21 @@ def setup_distributed(device: str | torch.device | None = None) -> DistributedCo
     The device is ``device`` when given, else ``cuda:<LOCAL_RANK>`` when CUDA is available,
     else the CPU; the backend is NCCL for CUDA and gloo for the CPU. If a process group is
     already initialised (the caller made one) it is used as is and :meth:`~.close` keeps it.
-    Raises ``ValueError`` naming a missing or malformed torchrun variable.
+    Raises :class:`DistributedEnvironmentError` (a ``ValueError``) naming a missing or malformed
+    torchrun variable.
     """
     if dist.is_available() and dist.is_initialized():
         rank, world_size, owns = dist.get_rank(), dist.get_world_size(), False
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        local_rank = _whole_number("LOCAL_RANK", os.environ.get("LOCAL_RANK", str(rank)))
     else:
-        world_size = int(os.environ.get("WORLD_SIZE", "1") or "1")
+        world_size = _whole_number("WORLD_SIZE", os.environ.get("WORLD_SIZE", "").strip() or "1")
         if world_size <= 1:
             return DistributedContext(device=_pick_device(device, 0))
         rank, local_rank = _env_int("RANK"), _env_int("LOCAL_RANK")
         _env_int("MASTER_PORT")
         if not os.environ.get("MASTER_ADDR"):
-            raise ValueError("multi-process training needs the environment variable MASTER_ADDR "
-                             f"(torchrun sets {', '.join(TORCHRUN_VARIABLES)})")
+            raise DistributedEnvironmentError("multi-process training needs the environment variable "
+                                              f"MASTER_ADDR (torchrun sets {', '.join(TORCHRUN_VARIABLES)})")
         owns = True
     chosen = _pick_device(device, local_rank)
     if chosen.type == "cuda":

@@ -1,6 +1,14 @@
 /* attnlab pages in two languages (see attnlab/explain/i18n.py). Reads the tables embedded as
  * #attnlab-strings and offers window.attnlabI18n:
  *   t(key, vars)        the text of key in the current language, {name} filled from vars
+ *   parts(key, vars)    the same as a list of strings and DOM nodes: a var may be an element
+ *                       (a token chip, a glossary link) or a list of them and strings, which
+ *                       takes the place of its {name}
+ *   plural(key, n, vars), pluralParts(key, n, vars)
+ *                       t / parts of "key.one" when n is 1, else "key.other"; vars.n is n
+ *   fromEnglish(prefix, text)  text the server wrote in English from one of the templates
+ *                       whose keys start with prefix ("model.text."): that template, filled with
+ *                       the same values, in the current language; text itself when none fits
  *   apply(root)         fill [data-t] (text), [data-t-html] (our own markup) and
  *                       [data-t-attr="attr:key;attr2:key2"] under root
  *   setLanguage(code)   switch live: apply() the page, then fire "attnlab:lang" on document,
@@ -38,6 +46,57 @@
     return text.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
   }
 
+  function parts(key, vars) {
+    const out = [];
+    const used = new Set();  // a node that fills two {name}s is copied for the second
+    const text = t(key);
+    let last = 0;
+    for (const match of text.matchAll(/\{(\w+)\}/g)) {
+      if (!vars || !(match[1] in vars)) continue;
+      out.push(text.slice(last, match.index));
+      const value = vars[match[1]];
+      if (Array.isArray(value)) out.push(...value);
+      else if (value instanceof Node) out.push(used.has(value) ? value.cloneNode(true) : value);
+      else out.push(String(value));
+      if (value instanceof Node) used.add(value);
+      last = match.index + match[0].length;
+    }
+    out.push(text.slice(last));
+    return out.filter((piece) => piece !== "");
+  }
+
+  function pluralKey(key, n) {
+    return key + (n === 1 ? ".one" : ".other");
+  }
+
+  function plural(key, n, vars) {
+    return t(pluralKey(key, n), Object.assign({n: n}, vars || {}));
+  }
+
+  function pluralParts(key, n, vars) {
+    return parts(pluralKey(key, n), Object.assign({n: n}, vars || {}));
+  }
+
+  function escapeRegExp(text) {
+    return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  }
+
+  function fromEnglish(prefix, text) {
+    const english = data.tables.en;
+    for (const key of Object.keys(english)) {
+      if (!key.startsWith(prefix)) continue;
+      const names = [];
+      const pattern = english[key].split(/\{(\w+)\}/).map((piece, i) => {
+        if (i % 2 === 0) return escapeRegExp(piece);
+        names.push(piece);
+        return "(.+?)";
+      }).join("");
+      const match = new RegExp("^" + pattern + "$", "s").exec(text);
+      if (match) return t(key, Object.fromEntries(names.map((name, i) => [name, match[i + 1]])));
+    }
+    return text;
+  }
+
   function apply(root) {
     const scope = root || document;
     for (const node of scope.querySelectorAll("[data-t]")) node.textContent = t(node.dataset.t);
@@ -69,9 +128,9 @@
       }));
       select.value = current;
       select.addEventListener("change", () => {
-        const url = new URL(location.href);
-        url.searchParams.set("lang", select.value);
-        history.replaceState(null, "", url);
+        const params = new URLSearchParams(location.search);
+        params.set("lang", select.value);
+        history.replaceState(null, "", "?" + params + location.hash);
         setLanguage(select.value);
       });
     }
@@ -79,8 +138,8 @@
 
   current = pick();
   document.documentElement.lang = current === "zh" ? "zh-Hans" : current;
-  window.attnlabI18n = {t: t, apply: apply, setLanguage: setLanguage,
-                        language: () => current, languages: languages};
+  window.attnlabI18n = {t: t, parts: parts, plural: plural, pluralParts: pluralParts, fromEnglish: fromEnglish,
+                        apply: apply, setLanguage: setLanguage, language: () => current, languages: languages};
   apply(document);
   wireSwitches();
 })();

@@ -11,17 +11,19 @@
  *   headsOff [[layer, head], ...] heads switched off (a what-if): marked as such
  *   compare  another explanation of the same tokens (the original of a what-if): the softmax
  *            table gets a column with its shares, and changed rows are marked
- *   compareLabel  the name of that column's run ("before")
+ *   compareLabel  the name of that column's run (default: "before" in the page's language)
  * A change of layer, head or word fires the event "attnlab:select" on document, with
- * detail {layer, head, token}. */
+ * detail {layer, head, token}. Every text comes from the string tables (i18n.js); on
+ * "attnlab:lang" the page draws its sections again in the new language. */
 (function () {
   "use strict";
 
+  const i18n = window.attnlabI18n;
   let data = null;
   let model = null;
   let tokens = [];
   let n = 0;
-  let options = {hide: [], headsOff: [], compare: null, compareLabel: "before"};
+  let options = {hide: [], headsOff: [], compare: null, compareLabel: null};
   let wired = false;
   const SVG_NS = "http://www.w3.org/2000/svg";
   // The head view draws no line for shares below 1%: they would only be noise.
@@ -112,12 +114,20 @@
     return Math.round(x).toLocaleString("en-US");
   }
 
+  /** A big number in words: "about 7.2 million" (the units, such as 万 and 亿, come from the table). */
   function inWords(x) {
-    const units = [[1e12, "trillion"], [1e9, "billion"], [1e6, "million"], [1e3, "thousand"]];
+    const units = i18n.t("num.units").split("|").map((unit) => unit.split(" "))
+      .map(([size, name]) => [Number(size), name]).sort((a, b) => b[0] - a[0]);
     for (const [size, name] of units) {
-      if (x >= size) return "about " + (x / size).toPrecision(x / size >= 100 ? 3 : 2).replace(/\.0$/, "") + " " + name;
+      const v = x / size;
+      if (x >= size) return i18n.t("num.about", {n: v >= 100 ? String(Math.round(v)) : v.toPrecision(2).replace(/\.0$/, ""), unit: name});
     }
     return String(x);
+  }
+
+  /** ``text`` as lines: each "\n" (of a table's text) becomes a line break. */
+  function textLines(text) {
+    return text.split("\n").flatMap((line, i) => (i ? [el("br"), line] : [line]));
   }
 
   function tokenText(i) {
@@ -159,9 +169,13 @@
     return data.walkthrough[layer][head].scaled[q][k] === null || options.hide.includes(k);
   }
 
-  /** Why key ``k`` is hidden from query ``q``, in a few words ("comes later", "you hid it"). */
+  /** Why key ``k`` is hidden from query ``q``: "hid" (a what-if) or "later" (the decoder's future). */
   function hiddenWhy(q, k) {
-    return options.hide.includes(k) && !(model.causal && k > q) ? "you hid it" : "comes later";
+    return options.hide.includes(k) && !(model.causal && k > q) ? "hid" : "later";
+  }
+
+  function hiddenWhyText(q, k) {
+    return hiddenWhy(q, k) === "hid" ? i18n.t("hidden.hid") : i18n.t("hidden.later");
   }
 
   function isOff(layer, head) {
@@ -197,11 +211,12 @@
     return best;
   }
 
+  /** Say on the page that its own check failed: ``message`` is the text of a "problem." key. */
   function reportProblem(message) {
     console.error("attnlab explain: " + message);
     const box = document.getElementById("page-error");
     box.hidden = false;
-    box.textContent = "Something does not add up on this page: " + message;
+    box.textContent = i18n.t("problem.lead", {problem: message});
   }
 
   /* ---------- header ---------- */
@@ -215,23 +230,18 @@
 
   function renderHeader() {
     const title = cleared("page-title");
-    if (title) title.textContent = "How " + model.title + " reads your sentence";
+    if (title) title.textContent = i18n.t("page.title_model", {model: modelTitle(model.title)});
     const sentence = cleared("sentence");
     if (sentence) sentence.textContent = data.text;
-    const attentionCount = model.num_layers * model.num_heads;
-    append(cleared("model-line"), [
-      el("strong", {text: model.title}), ": " + model.description + " It is built from ",
-      String(model.num_layers), " ", glossary("layers", "layer"), " stacked one after the other, and each layer has ",
-      String(model.num_heads), " ", glossary("heads", "head"), " that each do attention in their own way: ",
-      "attention happens " + model.num_layers + " × " + model.num_heads + " = " + attentionCount + " times for your sentence.",
-    ]);
+    append(cleared("model-line"), i18n.parts("header.model_line", {
+      title: el("strong", {text: modelTitle(model.title)}), description: modelDescription(model.description),
+      n_layers: model.num_layers, layers: glossary(i18n.plural("word.layers", model.num_layers), "layer"),
+      n_heads: model.num_heads, heads: glossary(i18n.plural("word.heads", model.num_heads), "head"),
+      total: model.num_layers * model.num_heads}));
     const specials = data.special.filter(Boolean).length;
-    append(cleared("tokens-line"), [
-      "First the model cuts your sentence into " + n + " ", glossary("tokens", "token"),
-      ": whole words, pieces of words and punctuation. ",
-      specials ? "The grey, dashed ones are markers the model adds itself; they are not part of your text. " : "",
-      "The small number on each is its position, counted from 0.",
-    ]);
+    const tokenVars = {n: n, tokens: glossary(i18n.plural("word.tokens", n), "token")};
+    append(cleared("tokens-line"), specials ? i18n.parts("header.tokens_line_markers", tokenVars)
+      : i18n.parts("header.tokens_line", tokenVars));
     const strip = cleared("token-strip");
     if (strip) {
       tokens.forEach((_, i) => strip.append(el("span", {class: "chip" + (data.special[i] ? " special" : "") +
@@ -242,6 +252,14 @@
     if (causal) causal.hidden = !model.causal;
   }
 
+  /** A model's title or description as the server wrote it (English), in the page's language
+   * when it is one of the table's ("model.text." keys); a name such as "all-MiniLM-L6-v2" stays. */
+  function modelTitle(text) {
+    return i18n.fromEnglish("model.text.", text);
+  }
+
+  const modelDescription = modelTitle;
+
   /* ---------- shared controls ---------- */
 
   function fillSelectors() {
@@ -250,9 +268,9 @@
       const size = isLayer ? model.num_layers : model.num_heads;
       menu.textContent = "";
       for (let i = 0; i < size; i++) {
-        let label = (isLayer ? "layer " : "head ") + i;
-        if (isLayer && i === 0) label += " (first)";
-        if (isLayer && i === size - 1) label += " (last)";
+        let label = isLayer ? i18n.t("common.layer_n", {n: i}) : i18n.t("common.head_n", {n: i});
+        if (isLayer && i === 0) label = i18n.t("common.first", {label: label});
+        if (isLayer && i === size - 1) label = i18n.t("common.last", {label: label});
         menu.append(el("option", {value: String(i), text: label}));
       }
     }
@@ -304,9 +322,9 @@
       const alpha = (Math.abs(x) / biggest) * 0.45;
       const tint = x >= 0 ? "rgba(31,95,191," + alpha + ")" : "rgba(196,90,0," + alpha + ")";
       return el("span", {class: "num-cell", style: "background:" + tint, "data-dim": d, "data-value": x,
-                         title: "number " + d + ": " + x, text: fmt(x)});
+                         title: i18n.t("wt.vec.number_title", {d: d, x: x}), text: fmt(x)});
     });
-    const more = total > values.length ? el("span", {class: "more", text: "…and " + (total - values.length) + " more"}) : null;
+    const more = total > values.length ? el("span", {class: "more", text: i18n.t("wt.vec.more", {n: total - values.length})}) : null;
     return el("div", {class: "vec", "data-vector": extra}, [
       el("span", {class: "vec-label " + labelClass, text: label}), el("span", {class: "vec-cells"}, cells), more]);
   }
@@ -321,21 +339,23 @@
     box.textContent = "";
     const isSuggested = state.layer === data.selected.layer && state.head === data.selected.head;
     if (isSuggested) {
-      append(box, [el("strong", {text: "Layer " + state.layer + ", head " + state.head + ": "}), reasonText()]);
+      append(box, [el("strong", {text: i18n.t("wt.reason.head", {layer: state.layer, head: state.head})}), reasonText()]);
     } else {
-      append(box, ["You picked layer " + state.layer + ", head " + state.head + ". ",
-                   el("button", {type: "button", text: "back to the suggested head (layer " + data.selected.layer +
-                                 ", head " + data.selected.head + ")",
+      append(box, [i18n.t("wt.reason.picked", {layer: state.layer, head: state.head}),
+                   el("button", {type: "button", text: i18n.t("wt.reason.back", {layer: data.selected.layer,
+                                                                                 head: data.selected.head}),
                                  onclick: () => select({layer: data.selected.layer, head: data.selected.head})})]);
     }
   }
 
-  /** The reason the data gives for its head, as a sentence, without repeating the head's name. */
+  /** The reason the data gives for its head, as a sentence, without repeating the head's name
+   * (attnlab's own reasons, "reason.text." keys, in the page's language). */
   function reasonText() {
     const reason = data.selected.reason.trim().replace(/^layer \d+,? head \d+\s*[:.,-]\s*/i, "");
-    if (/^you chose/i.test(reason)) return "the head you chose.";
+    if (/^you chose/i.test(reason)) return i18n.t("wt.reason.chosen");
     const sentence = reason.charAt(0).toUpperCase() + reason.slice(1);
-    return "suggested for you. " + sentence + (/[.!?]$/.test(sentence) ? "" : ".");
+    return i18n.t("wt.reason.suggested",
+                  {reason: i18n.fromEnglish("reason.text.", sentence + (/[.!?]$/.test(sentence) ? "" : "."))});
   }
 
   function renderWordPicker() {
@@ -374,76 +394,69 @@
 
   function stepInput(q, wt) {
     const earlier = state.layer === 0
-      ? "At the first layer these numbers come straight from the model's dictionary entry for this token" +
-        (model.rope ? "." : ", plus numbers that mark its position in the sentence.")
-      : "They have already been reshaped by the " + state.layer + " layer" + (state.layer > 1 ? "s" : "") +
-        " before this one, so they hold information gathered from other words too.";
-    return step(1, "The word as numbers", [
-      el("p", {}, ["Inside the model, ", tok(q), " is not letters but a ", glossary("vector", "vector"),
-                   ": a list of " + model.embed_dim + " numbers. Here are the first " + wt.input[q].length +
-                   " as they enter layer " + state.layer + ". " + earlier]),
-      vectorRow("input", "", wt.input[q], model.embed_dim, "input"),
-      el("p", {class: "hint"}, "Blue cells are positive numbers, orange ones negative; the stronger the colour, " +
-                               "the bigger the number. On their own the numbers mean nothing to a person: only " +
-                               "the model knows how to read them."),
+      ? (model.rope ? i18n.t("wt.s1.first_layer_rope") : i18n.t("wt.s1.first_layer"))
+      : i18n.plural("wt.s1.later_layer", state.layer);
+    return step(1, i18n.t("wt.s1.title"), [
+      el("p", {}, i18n.parts("wt.s1.text", {token: tok(q), vector: glossary(i18n.t("word.vector"), "vector"),
+                                           dim: model.embed_dim, shown: wt.input[q].length, layer: state.layer,
+                                           earlier: earlier})),
+      vectorRow(i18n.t("wt.vec.input"), "", wt.input[q], model.embed_dim, "input"),
+      el("p", {class: "hint"}, i18n.t("wt.s1.hint")),
     ]);
   }
 
   function stepProjections(q, wt, head) {
     const body = [
-      el("p", {}, ["Head " + head + " multiplies those " + model.embed_dim +
-                   " numbers by three different tables of numbers it learned during training. That gives three ",
-                   "shorter lists of " + model.head_dim + " numbers each, three views of the same word:"]),
-      vectorRow("query", "q-text", wt.query[q], model.head_dim, "query"),
-      el("p", {class: "hint"}, [el("span", {class: "q-text", text: "Query"}), ": the question ", tok(q), " asks."]),
-      vectorRow("key", "k-text", wt.key[q], model.head_dim, "key"),
-      el("p", {class: "hint"}, [el("span", {class: "k-text", text: "Key"}), ": the label ", tok(q), " wears."]),
-      vectorRow("value", "v-text", wt.value[q], model.head_dim, "value"),
-      el("p", {class: "hint"}, [el("span", {class: "v-text", text: "Value"}), ": the information ", tok(q), " hands over."]),
-      el("p", {}, "Every other word gets its own query, key and value from the same three tables."),
+      el("p", {}, i18n.t("wt.s2.text", {head: head, dim: model.embed_dim, head_dim: model.head_dim})),
+      vectorRow(i18n.t("wt.vec.query"), "q-text", wt.query[q], model.head_dim, "query"),
+      el("p", {class: "hint"}, i18n.parts("wt.s2.query_hint", {word: el("span", {class: "q-text", text: i18n.t("wt.s2.query_word")}),
+                                                              token: tok(q)})),
+      vectorRow(i18n.t("wt.vec.key"), "k-text", wt.key[q], model.head_dim, "key"),
+      el("p", {class: "hint"}, i18n.parts("wt.s2.key_hint", {word: el("span", {class: "k-text", text: i18n.t("wt.s2.key_word")}),
+                                                            token: tok(q)})),
+      vectorRow(i18n.t("wt.vec.value"), "v-text", wt.value[q], model.head_dim, "value"),
+      el("p", {class: "hint"}, i18n.parts("wt.s2.value_hint", {word: el("span", {class: "v-text", text: i18n.t("wt.s2.value_word")}),
+                                                              token: tok(q)})),
+      el("p", {}, i18n.t("wt.s2.every_word")),
     ];
     const shared = sharedWith(head);
     if (shared.length > 1) {
       const others = shared.filter((h) => h !== head);
       body.push(el("p", {class: "note", id: "wt-shared-note"}, [
-        el("strong", {text: "Shared labels and information. "}),
-        "To save memory, this model lets heads " + headRange(shared) + " use the same key and value tables (",
-        glossary("shared keys and values", "shared"), "): only their queries differ. So the keys and values of head " +
-        head + " are exactly those of head" + (others.length > 1 ? "s " : " ") + others.join(" and ") + "."]));
+        el("strong", {text: i18n.t("wt.s2.shared_lead")}),
+        ...i18n.pluralParts("wt.s2.shared", others.length, {
+          range: headRange(shared), glossary: glossary(i18n.t("word.shared"), "shared"), head: head,
+          others: others.join(i18n.t("common.and"))})]));
     }
-    if (model.rope) {
-      body.push(el("p", {}, "This model also turns the query and the key a little, by an angle that depends on the " +
-                   "word's position in the sentence: that is how it knows the word order. The numbers shown are " +
-                   "after this turn."));
-    }
-    return step(2, "Three views of the same word: query, key, value", body);
+    if (model.rope) body.push(el("p", {}, i18n.t("wt.s2.rope")));
+    return step(2, i18n.t("wt.s2.title"), body);
   }
 
   function stepScores(q, wt, layer, head) {
     const k = state.key;
     const query = wt.query[q];
     const key = wt.key[k];
-    const rows = query.map((x, d) => el("div", {}, "number " + d + ":  " + term(x) + " × " + term(key[d]) + " = " + fmt(x * key[d])));
+    const rows = query.map((x, d) => el("div", {}, i18n.t("wt.s3.product", {d: d, a: term(x), b: term(key[d]),
+                                                                            c: fmt(x * key[d])})));
     const shownSum = query.reduce((s, x, d) => s + x * key[d], 0);
     const score = wt.scores[q][k];
     const rest = model.head_dim - query.length;
     if (rest > 0) {
-      rows.push(el("div", {class: "total"}, "these " + query.length + " products add up to " + fmt(shownSum)));
-      rows.push(el("div", {}, "+ the other " + rest + " products (not shown) add " + fmt(score - shownSum)));
+      rows.push(el("div", {class: "total"}, i18n.t("wt.s3.shown_sum", {n: query.length, sum: fmt(shownSum)})));
+      rows.push(el("div", {}, i18n.plural("wt.s3.rest_sum", rest, {sum: fmt(score - shownSum)})));
     }
-    rows.push(el("div", {class: "total", id: "wt-score-total", "data-value": score}, "= score " + fmt(score)));
+    rows.push(el("div", {class: "total", id: "wt-score-total", "data-value": score}, i18n.t("wt.s3.score", {score: fmt(score)})));
     const seen = tokens.filter((_, j) => !hidden(layer, head, q, j)).length;
-    return step(3, "Compare the question with every label", [
-      el("p", {}, ["To measure how well the ", el("span", {class: "q-text", text: "query"}), " of ", tok(q),
-                   " matches the ", el("span", {class: "k-text", text: "key"}), " of another word, the model ",
-                   "multiplies the two lists number by number and adds up all the products (a ",
-                   glossary("dot product", "dot"), "). A large positive score means a good match."]),
-      el("p", {}, ["Here it is written out for the key of ", tok(k),
-                   " (pick another word in the table of step 5 to see its sum):"]),
+    const skipped = n - seen;
+    const why = options.hide.length ? i18n.plural("wt.s3.why_hid", skipped) : i18n.plural("wt.s3.why_later", skipped);
+    return step(3, i18n.t("wt.s3.title"), [
+      el("p", {}, i18n.parts("wt.s3.text", {query: el("span", {class: "q-text", text: i18n.t("word.query")}), token: tok(q),
+                                           key: el("span", {class: "k-text", text: i18n.t("word.key")}),
+                                           dot: glossary(i18n.t("word.dot"), "dot")})),
+      el("p", {}, i18n.parts("wt.s3.written_out", {token: tok(k)})),
       el("div", {class: "formula", id: "wt-dot"}, rows),
-      el("p", {}, ["The same is done with the key of every word: " + seen + " scores for ", tok(q), ". ",
-                   seen < n ? "The other " + (n - seen) + " are skipped: those words are hidden from it (" +
-                              (options.hide.length ? "you hid them, or they come later" : "they come later") + ")." : ""]),
+      el("p", {}, [...i18n.pluralParts("wt.s3.every_key", seen, {token: tok(q)}),
+                   ...(skipped > 0 ? i18n.pluralParts("wt.s3.skipped", skipped, {why: why}) : [])]),
     ]);
   }
 
@@ -451,14 +464,12 @@
     const k = state.key;
     const score = wt.scores[q][k];
     const scaled = wt.scaled[q][k];
-    return step(4, "Make the scores smaller", [
-      el("p", {}, ["Multiplying and adding " + model.head_dim + " pairs of numbers gives big scores. To keep them in a ",
-                   "comfortable range, every score is divided by the square root of " + model.head_dim + ", √" +
-                   model.head_dim + " = " + root(model.head_dim) + " (the same as multiplying by " + fmt(data.scale, 4) + "): ",
-                   glossary("scaling", "scale"), ". Without it, the next step would give almost everything to a ",
-                   "single word."]),
+    return step(4, i18n.t("wt.s4.title"), [
+      el("p", {}, i18n.parts("wt.s4.text", {d: model.head_dim, root: root(model.head_dim), scale: fmt(data.scale, 4),
+                                           scaling: glossary(i18n.t("word.scaling"), "scale")})),
       el("div", {class: "formula", id: "wt-scale"}, [
-        el("div", {}, ["score of ", tok(k), ":  " + fmt(score) + " ÷ " + root(model.head_dim) + " = " + fmt(scaled)])]),
+        el("div", {}, i18n.parts("wt.s4.formula", {token: tok(k), score: fmt(score), root: root(model.head_dim),
+                                                  scaled: fmt(scaled)}))]),
     ]);
   }
 
@@ -467,7 +478,7 @@
       if (s === null) return;
       const expected = s * data.scale;
       if (Math.abs(expected - wt.scaled[q][k]) > 1e-4 * (1 + Math.abs(expected))) {
-        reportProblem("scaled score " + wt.scaled[q][k] + " is not score " + s + " × " + data.scale);
+        reportProblem(i18n.t("problem.scaled", {scaled: wt.scaled[q][k], score: s, scale: data.scale}));
       }
     });
   }
@@ -486,85 +497,75 @@
     let worst = 0;
     stable.forEach((e, j) => { worst = Math.max(worst, Math.abs(e / stableTotal - weights[j])); });
     if (worst > WEIGHT_TOLERANCE) {
-      reportProblem("the shares recomputed from the scores differ from the model's by " + worst.toFixed(6));
+      reportProblem(i18n.t("problem.shares", {x: worst.toFixed(6)}));
     }
     const sumShown = weights.reduce((a, b) => a + b, 0);
 
     const body = [
-      el("p", {}, ["Now the scores become shares that add up to 100%, with a recipe called ",
-                   glossary("softmax", "softmax"), ": raise the number e (about 2.718) to the power of each score, ",
-                   "which makes every number positive and makes the bigger scores stand out much more; then divide each ",
-                   "by the total of all of them."]),
+      el("p", {}, i18n.parts("wt.s5.text", {softmax: glossary(i18n.t("word.softmax"), "softmax")})),
       el("div", {class: "formula", id: "wt-softmax"}, [
-        el("div", {}, ["for ", tok(k), ":  e^" + term(scaled[k]) + " = " + fmt(exps[k])]),
-        el("div", {}, "total over the " + visibleKeys.length + " words it can see:  " + fmt(total)),
-        el("div", {class: "total"}, ["share of ", tok(k), ":  " + fmt(exps[k]) + " ÷ " + fmt(total) + " = " + pct(weights[k])]),
+        el("div", {}, i18n.parts("wt.s5.exp", {token: tok(k), s: term(scaled[k]), e: fmt(exps[k])})),
+        el("div", {}, i18n.plural("wt.s5.total", visibleKeys.length, {total: fmt(total)})),
+        el("div", {class: "total"}, i18n.parts("wt.s5.share", {token: tok(k), e: fmt(exps[k]), total: fmt(total),
+                                                              share: pct(weights[k])})),
       ]),
       sinkNote(q, weights, top),
       softmaxTable(q, wt, weights, sumShown),
       el("p", {id: "wt-check", class: worst > WEIGHT_TOLERANCE ? "check-bad" : "check-ok",
-               title: "largest difference: " + worst.toExponential(2)},
-         worst > WEIGHT_TOLERANCE
-           ? "✗ These shares do not match the model's own attention weights."
-           : "✓ Recomputed on this page from the scores, these shares match the model's own attention " +
-             "weights (up to rounding in the sixth decimal)."),
+               title: i18n.t("wt.s5.difference", {x: worst.toExponential(2)})},
+         worst > WEIGHT_TOLERANCE ? i18n.t("wt.s5.check_bad") : i18n.t("wt.s5.check_ok")),
     ];
-    return step(5, "Turn scores into shares that add up to 100%", body);
+    return step(5, i18n.t("wt.s5.title"), body);
   }
 
   function sinkNote(q, weights, top) {
     // Decoders are known to park spare attention on their first token, encoders on markers.
     const parking = data.special[top] || (model.causal && top === 0);
     if (model.causal && q === 0) {
-      return el("p", {class: "note"}, [tok(q), " is the first token: there is nothing before it, so it can only look at ",
-                                        "itself and takes 100% of its own information."]);
+      return el("p", {class: "note"}, i18n.parts("wt.sink.first", {token: tok(q)}));
     }
     if (weights[top] < 0.4 || !(parking || top === q)) return null;
-    if (top === q) {
-      return el("p", {class: "note"}, [tok(q), " looks mostly at itself (" + pct(weights[top]) + ") in this head: ",
-                                        "this head keeps the word's own information rather than gathering much from others."]);
-    }
-    return el("p", {class: "note"}, [tok(q), " puts " + pct(weights[top]) + " of its attention on ", tok(top), ". ",
-      "That is common: when a head finds nothing it is looking for, it parks its attention on a marker or on the first ",
-      "token, which changes little. Try another head or word to see a more telling pattern."]);
+    if (top === q) return el("p", {class: "note"}, i18n.parts("wt.sink.self", {token: tok(q), share: pct(weights[top])}));
+    return el("p", {class: "note"}, i18n.parts("wt.sink.parked", {token: tok(q), share: pct(weights[top]), top: tok(top)}));
   }
 
   function softmaxTable(q, wt, weights, sumShown) {
     const before = comparedWeights(q);
-    const head = el("tr", {}, [el("th", {}, ["word it", el("br"), "looks at"]), el("th", {}, ["score", el("br"), "step 3"]),
-                               el("th", {}, ["÷ √" + model.head_dim, el("br"), "step 4"]),
-                               before ? el("th", {class: "before", text: options.compareLabel}) : null,
-                               el("th", {}, ["share", el("br"), "step 5"])]);
+    const compareLabel = options.compareLabel || i18n.t("wt.table.before");
+    const head = el("tr", {}, [el("th", {}, textLines(i18n.t("wt.table.word"))), el("th", {}, textLines(i18n.t("wt.table.score"))),
+                               el("th", {}, textLines(i18n.t("wt.table.scaled", {d: model.head_dim}))),
+                               before ? el("th", {class: "before", text: compareLabel}) : null,
+                               el("th", {}, textLines(i18n.t("wt.table.share")))]);
     const rows = tokens.map((_, j) => {
       const isHidden = hidden(state.layer, state.head, q, j);
       const changed = before && Math.abs(before[j] - weights[j]) >= 0.005;
       const classes = [isHidden ? "hidden-row" : "pick", j === state.key ? "current" : "", j === q ? "self" : "",
                        changed ? "changed" : ""];
-      const why = isHidden ? hiddenWhy(q, j) : "";
+      const why = isHidden ? hiddenWhyText(q, j) : "";
       const share = isHidden
-        ? el("span", {class: "hidden-tag", title: "hidden from this word: " + why},
+        ? el("span", {class: "hidden-tag", title: i18n.t("wt.table.hidden_title", {why: why})},
              [el("span", {class: "swatch hidden-swatch", "aria-hidden": "true"}), " " + why])
         : el("span", {class: "bar-box"}, [
           el("span", {class: "track"}, el("span", {class: "fill", style: "width:" + (weights[j] * 100) + "%"})),
           el("span", {class: "pct", text: pct(weights[j])})]);
       const beforeCell = before ? el("td", {class: "n before", "data-before": before[j], text: pct(before[j])}) : null;
       return el("tr", {class: classes.join(" ").trim(), "data-key": j, "data-weight": weights[j],
-                       tabindex: isHidden ? null : "0", title: isHidden ? null : "write out the sum for this word",
+                       tabindex: isHidden ? null : "0", title: isHidden ? null : i18n.t("wt.table.row_title"),
                        onclick: isHidden ? null : () => select({key: j}),
                        onkeydown: isHidden ? null : (event) => {
                          if (event.key === "Enter" || event.key === " ") { event.preventDefault(); select({key: j}); }
                        }},
-        [el("td", {}, tok(j)), el("td", {class: "n", text: fmt(isHidden ? null : wt.scores[q][j])}),
+        [el("td", {"data-self": j === q ? i18n.t("wt.table.itself") : null}, tok(j)),
+         el("td", {class: "n", text: fmt(isHidden ? null : wt.scores[q][j])}),
          el("td", {class: "n", text: fmt(isHidden ? null : wt.scaled[q][j])}), beforeCell,
          el("td", {class: "bar-cell"}, share)]);
     });
-    const foot = el("tr", {}, [el("td", {text: "total"}), el("td"), el("td"), before ? el("td") : null,
+    const foot = el("tr", {}, [el("td", {text: i18n.t("wt.table.total")}), el("td"), el("td"), before ? el("td") : null,
                                el("td", {class: "pct", id: "wt-sum", "data-value": sumShown, text: pct(sumShown)})]);
     return el("div", {class: "table-wrap"}, el("table", {class: "nums", id: "wt-table"}, [
-      el("caption", {class: "hint", text: "Each row is a word that " + tokenText(q) + " (the word looking) looks at. " +
-                                          (before ? "The “" + options.compareLabel + "” column is the share before your " +
-                                                    "what-if; changed rows are marked. " : "") +
-                                          "Click a row to write out its sum in steps 3 to 5."}),
+      el("caption", {class: "hint", text: i18n.t("wt.table.caption", {token: tokenText(q)}) +
+                                          (before ? i18n.t("wt.table.caption_before", {label: compareLabel}) : "") +
+                                          i18n.t("wt.table.caption_click")}),
       el("thead", {}, head), el("tbody", {}, rows), el("tfoot", {}, foot)]));
   }
 
@@ -580,58 +581,48 @@
     computed.forEach((c, d) => { worst = Math.max(worst, Math.abs(c - expected[d]) / (1 + Math.abs(expected[d]))); });
     // A head switched off by a what-if still computes its blend; the model then throws it away.
     const off = isOff(state.layer, state.head) && expected.every((x) => x === 0);
-    if (worst > WEIGHT_TOLERANCE && !off) reportProblem("the blended values differ from the model's output by " + worst.toFixed(6));
+    if (worst > WEIGHT_TOLERANCE && !off) reportProblem(i18n.t("problem.blend", {x: worst.toFixed(6)}));
 
     const order = weights.map((w, j) => j).sort((a, b) => weights[b] - weights[a]);
     const listed = order.filter((j, rank) => rank < 6 && weights[j] >= 0.01);
     const left = order.filter((j) => !listed.includes(j) && weights[j] > 0).length;
-    const dimHeads = Array.from({length: dims}, (_, d) => el("th", {}, ["value", el("br"), "number " + d]));
+    const dimHeads = Array.from({length: dims}, (_, d) => el("th", {}, textLines(i18n.t("wt.s6.value_number", {d: d}))));
     const rows = listed.map((j) => el("tr", {}, [
       el("td", {}, tok(j)), el("td", {class: "n", text: pct(weights[j])}),
       ...wt.value[j].slice(0, dims).map((v) => el("td", {class: "n", text: fmt(v)}))]));
     const outRow = el("tr", {id: "wt-output"}, [
-      el("td", {text: "output"}), el("td", {class: "n", text: "sum"}),
+      el("td", {text: i18n.t("wt.s6.output")}), el("td", {class: "n", text: i18n.t("wt.s6.sum")}),
       ...computed.slice(0, dims).map((c, d) => el("td", {class: "n", "data-dim": d, "data-value": c, text: fmt(c)}))]);
     const sumTerms = listed.slice(0, 3).map((j) => pct(weights[j]) + " × " + term(wt.value[j][0]));
     const others = order.filter((j) => weights[j] > 0).length - sumTerms.length;
-    return step(6, "Blend the information", [
-      el("p", {}, ["Finally ", tok(q), " collects the ", el("span", {class: "v-text", text: "values"}),
-                   " (the information) of the words, each in proportion to its share: a word with a 40% share gives 40% ",
-                   "of its value. Adding everything up gives this head's output for ", tok(q), ". The first " + dims +
-                   " of its " + model.head_dim + " numbers:"]),
+    return step(6, i18n.t("wt.s6.title"), [
+      el("p", {}, i18n.parts("wt.s6.text", {token: tok(q), values: el("span", {class: "v-text", text: i18n.t("word.values")}),
+                                           dims: dims, head_dim: model.head_dim})),
       el("div", {class: "table-wrap"}, el("table", {class: "nums", id: "wt-blend"}, [
-        el("caption", {class: "hint", text: "Each value is multiplied by its word's share, then each column is added up."}),
-        el("thead", {}, el("tr", {}, [el("th", {text: "word"}), el("th", {text: "share"}), ...dimHeads])),
+        el("caption", {class: "hint", text: i18n.t("wt.s6.caption")}),
+        el("thead", {}, el("tr", {}, [el("th", {text: i18n.t("wt.s6.word")}), el("th", {text: i18n.t("wt.s6.share")}),
+                                      ...dimHeads])),
         el("tbody", {}, rows), el("tfoot", {}, outRow)])),
-      left ? el("p", {class: "hint"}, left > 1
-        ? left + " more words with a small share (under 1%, or beyond the top 6) are left out of this table but included in the sum."
-        : "1 more word with a small share (under 1%, or beyond the top 6) is left out of this table but included in the sum.") : null,
+      left ? el("p", {class: "hint"}, i18n.plural("wt.s6.left_out", left)) : null,
       el("div", {class: "formula"}, [
-        el("div", {}, "first number:  " + sumTerms.join(" + ") + (others > 0 ? " + … (" + others + " more)" : "")),
+        el("div", {}, i18n.t("wt.s6.first_number", {terms: sumTerms.join(" + "),
+                                                    more: others > 0 ? i18n.t("wt.s6.more", {n: others}) : ""})),
         el("div", {class: "total"}, "= " + fmt(computed[0]))]),
-      off ? el("p", {id: "wt-output-check", class: "check-ok note"},
-               "This head is switched off in your what-if: the model computes this blend, then replaces it with zeros, " +
-               "so it adds nothing to the word.")
+      off ? el("p", {id: "wt-output-check", class: "check-ok note"}, i18n.t("wt.s6.off"))
         : el("p", {id: "wt-output-check", class: worst > WEIGHT_TOLERANCE ? "check-bad" : "check-ok"},
-             worst > WEIGHT_TOLERANCE ? "✗ This sum does not match the model's output."
-               : "✓ The same as the output the model computed (" + expected.slice(0, dims).map((x) => fmt(x)).join(", ") + ")."),
+             worst > WEIGHT_TOLERANCE ? i18n.t("wt.s6.check_bad")
+               : i18n.t("wt.s6.check_ok", {values: expected.slice(0, dims).map((x) => fmt(x)).join(", ")})),
     ]);
   }
 
   function stepNext() {
-    let ending = "every token's numbers describe its meaning in this sentence.";
-    if (model.kind === "decoder") ending = "the model uses the numbers of the last token to guess which token should come next.";
-    if (model.name === "minilm") ending += " This model then averages them into one list of numbers for the whole sentence.";
-    return step(7, "What happens next", [
-      el("p", {id: "wt-projection"}, [
-        "All " + model.num_heads + " heads of this layer do the same at the same time, each with its own tables, " +
-        "so each notices different links. Their outputs (" + model.num_heads + " × " + model.head_dim + " = " +
-        model.num_heads * model.head_dim + " numbers) are put side by side and mixed once more by one more " +
-        "learned table, the ", el("strong", {text: "output projection"}), ": it lets the heads' findings be " +
-        "combined (one head found the subject, another the verb) and turns them back into a list of " +
-        model.embed_dim + " numbers, the size of the word's own. That list is added to the word's numbers " +
-        "from step 1 (the ", glossary("residual stream", "residual"), "). The next layer starts again from " +
-        "these updated numbers. After all " + model.num_layers + " layers, " + ending]),
+    let ending = model.kind === "decoder" ? i18n.t("wt.s7.end_decoder") : i18n.t("wt.s7.end_encoder");
+    if (model.name === "minilm") ending += i18n.t("wt.s7.end_minilm");
+    return step(7, i18n.t("wt.s7.title"), [
+      el("p", {id: "wt-projection"}, i18n.parts("wt.s7.text", {
+        heads: model.num_heads, head_dim: model.head_dim, total: model.num_heads * model.head_dim,
+        projection: el("strong", {text: i18n.t("word.projection")}), embed: model.embed_dim,
+        residual: glossary(i18n.t("word.residual"), "residual"), layers: model.num_layers, ending: ending})),
     ]);
   }
 
@@ -665,12 +656,14 @@
     const column = (side) => el("div", {class: "hv-col " + side}, tokens.map((_, i) => {
       const chip = el("button", {type: "button", class: "chip" + (data.special[i] ? " special" : ""),
                                  "data-side": side, "data-index": i, title: tokens[i],
-                                 "aria-label": (side === "left" ? "lines from " : "lines into ") + tokens[i]}, tokenText(i));
+                                 "aria-label": side === "left" ? i18n.t("hv.lines_from", {token: tokens[i]})
+                                   : i18n.t("hv.lines_into", {token: tokens[i]})}, tokenText(i));
       const pctLabel = el("span", {class: "pct", "aria-live": "off"});
       return el("div", {class: "hv-row", "data-index": i}, side === "left" ? [pctLabel, chip] : [chip, pctLabel]);
     }));
     const grid = el("div", {class: "hv", id: "hv"}, [
-      el("div", {class: "hv-title left", text: "word looking"}), el("div"), el("div", {class: "hv-title", text: "words looked at"}),
+      el("div", {class: "hv-title left", text: i18n.t("hv.looking")}), el("div"),
+      el("div", {class: "hv-title", text: i18n.t("hv.looked_at")}),
       column("left"), el("div", {}, lines), column("right")]);
     frame.append(grid);
     for (const chip of grid.querySelectorAll("button.chip")) {
@@ -694,16 +687,15 @@
     legend.textContent = "";
     const hint = document.getElementById("hv-hint");
     if (!state.allHeads) {
-      hint.textContent = "Layer " + state.layer + ", head " + state.head + ". Lines below 1% are not drawn." +
-        (model.causal ? " Lines only go up or straight across: a word can only look at itself and the words before it." : "");
+      hint.textContent = i18n.t("hv.hint", {layer: state.layer, head: state.head}) +
+        (model.causal ? i18n.t("hv.hint_causal") : "");
       return;
     }
-    hint.textContent = "All " + model.num_heads + " heads of layer " + state.layer + ", one colour each; only shares " +
-      "of 5% or more are drawn. Click a head below to see it alone.";
+    hint.textContent = i18n.t("hv.hint_all", {n: model.num_heads, layer: state.layer});
     for (let h = 0; h < model.num_heads; h++) {
       legend.append(el("button", {type: "button", class: "head-key", "data-head": h,
                                   onclick: () => { document.getElementById("hv-all").checked = false; select({head: h}); }},
-        [el("i", {style: "background:" + HEAD_COLOURS[h % HEAD_COLOURS.length]}), "head " + h]));
+        [el("i", {style: "background:" + HEAD_COLOURS[h % HEAD_COLOURS.length]}), i18n.t("common.head_n", {n: h})]));
     }
   }
 
@@ -735,7 +727,7 @@
       if (hidden(state.layer, state.head, q, k)) {
         row.classList.add("future");
         append(label, [el("span", {class: "swatch hidden-swatch", "aria-hidden": "true"}),
-                       hiddenWhy(q, k) === "comes later" ? " later" : " hidden"]);
+                       hiddenWhy(q, k) === "later" ? i18n.t("hv.later") : i18n.t("hv.hidden")]);
       } else {
         label.textContent = pct(data.attention[state.layer][state.head][q][k]);
       }
@@ -784,15 +776,9 @@
     const groups = Math.max(...data.kv_head_of) + 1;
     const grouped = groups < model.num_heads;
     const intro = cleared("mv-intro");
-    append(intro, [
-      "Every small square is one head: " + model.num_layers + " layers (rows) × " + model.num_heads +
-      " heads (columns). Inside it, each row is a word looking and each column a word it looks at; darker means a ",
-      "bigger share. Heads have typical shapes: a diagonal line (each word looks at itself or its neighbour), a ",
-      "single dark column (everyone looks at one marker), or scattered spots (real links between words). ",
-      el("strong", {text: "Click a square"}), " to open it large; it also becomes the head shown in sections 1 and 2.",
-      grouped ? " Heads are grouped by the keys and values they share: the heads under one green bracket ask their own " +
-                "questions but use the same labels and information." : " In this model every head has its own keys and values.",
-    ]);
+    append(intro, [...i18n.parts("mv.intro", {layers: model.num_layers, heads: model.num_heads,
+                                              click: el("strong", {text: i18n.t("mv.click")})}),
+                   grouped ? i18n.t("mv.grouped") : i18n.t("mv.not_grouped")]);
     fillLegend(cleared("mv-legend"));
     const grid = cleared("mv-grid");
     grid.style.gridTemplateColumns = "auto repeat(" + model.num_heads + ", var(--thumb))";
@@ -803,15 +789,15 @@
         const members = data.kv_head_of.map((x, h) => (x === g ? h : -1)).filter((h) => h >= 0);
         grid.append(el("div", {class: "group-head" + (groupStart(members[0]) ? " group-start" : ""),
                                style: "grid-column: span " + members.length, "data-group": g,
-                               text: "heads " + headRange(members) + " share one key/value"}));
+                               text: i18n.t("mv.group", {range: headRange(members)})}));
       }
     }
-    grid.append(el("div", {class: "row-head", text: "head →"}));
+    grid.append(el("div", {class: "row-head", text: i18n.t("mv.head_axis")}));
     for (let h = 0; h < model.num_heads; h++) {
       grid.append(el("div", {class: "col-head" + (groupStart(h) ? " group-start" : ""), text: String(h)}));
     }
     for (let layer = 0; layer < model.num_layers; layer++) {
-      grid.append(el("div", {class: "row-head", text: "layer " + layer}));
+      grid.append(el("div", {class: "row-head", text: i18n.t("common.layer_n", {n: layer})}));
       for (let head = 0; head < model.num_heads; head++) {
         const canvas = el("canvas");
         paintThumb(canvas, layer, head);
@@ -819,9 +805,10 @@
         grid.append(el("button", {type: "button", class: "thumb" + (groupStart(head) ? " group-start" : "") +
                                                          (off ? " off" : ""),
                                   "data-layer": layer, "data-head": head, "data-off": off ? "true" : null,
-                                  "aria-label": "layer " + layer + ", head " + head + (off ? " (switched off)" : "") +
-                                                ": open large",
-                                  title: "layer " + layer + ", head " + head,
+                                  "data-off-label": off ? i18n.t("mv.off") : null,
+                                  "aria-label": off ? i18n.t("mv.thumb_label_off", {layer: layer, head: head})
+                                    : i18n.t("mv.thumb_label", {layer: layer, head: head}),
+                                  title: i18n.t("common.layer_head", {layer: layer, head: head}),
                                   onclick: () => { select({layer: layer, head: head}); openZoom(); }}, canvas));
       }
     }
@@ -851,10 +838,10 @@
       ctx.fillStyle = rgb(heat(x / 119));
       ctx.fillRect(x, 0, 1, 12);
     }
-    append(box, [el("span", {class: "ramp"}, ["share: 0%", ramp, "100%"])]);
+    append(box, [el("span", {class: "ramp"}, [i18n.t("legend.share"), ramp, "100%"])]);
     if (model.causal) {
       append(box, [el("span", {}, [el("span", {class: "swatch hidden-swatch", "aria-hidden": "true"}),
-                                   " hidden: comes later (the model only looks back)"])]);
+                                   i18n.t("legend.hidden")])]);
     }
   }
 
@@ -864,7 +851,7 @@
 
   function openZoom() {
     const dialog = document.getElementById("zoom");
-    document.getElementById("zoom-title").textContent = "Layer " + state.layer + ", head " + state.head;
+    document.getElementById("zoom-title").textContent = i18n.t("common.Layer_head", {layer: state.layer, head: state.head});
     zoom.cursor = null;
     if (!dialog.open) dialog.showModal();
     drawZoom();
@@ -928,8 +915,8 @@
     ctx.font = "italic 11px system-ui, sans-serif";
     ctx.textAlign = "right";
     ctx.textBaseline = "alphabetic";
-    ctx.fillText("looks at →", zoom.labels - 22, zoom.labels - 20);
-    ctx.fillText("looking ↓", zoom.labels - 22, zoom.labels - 6);
+    ctx.fillText(i18n.t("zoom.looks_at"), zoom.labels - 22, zoom.labels - 20);
+    ctx.fillText(i18n.t("zoom.looking"), zoom.labels - 22, zoom.labels - 6);
     const legend = document.getElementById("zoom-legend");
     legend.textContent = "";
     fillLegend(legend);
@@ -969,7 +956,7 @@
     zoom.cursor = cell;
     if (!cell) {
       outline.hidden = true;
-      readout.textContent = "Point at a square to read its share.";
+      readout.textContent = i18n.t("zoom.point");
       return;
     }
     const [q, k] = cell;
@@ -980,10 +967,11 @@
     outline.style.height = zoom.cell + 2 + "px";
     readout.textContent = "";
     if (hidden(state.layer, state.head, q, k)) {
-      append(readout, [tok(q), " cannot look at ", tok(k), ": it comes later, so it is hidden."]);
+      const pair = {looking: tok(q), looked_at: tok(k)};
+      append(readout, hiddenWhy(q, k) === "hid" ? i18n.parts("zoom.cell_hid", pair) : i18n.parts("zoom.cell_later", pair));
     } else {
-      append(readout, [tok(q), " gives ", el("strong", {text: pct(data.attention[state.layer][state.head][q][k])}),
-                       " of its attention to ", tok(k), "."]);
+      append(readout, i18n.parts("zoom.cell", {looking: tok(q), looked_at: tok(k),
+                                               share: el("strong", {text: pct(data.attention[state.layer][state.head][q][k])})}));
     }
   }
 
@@ -1031,26 +1019,24 @@
       el("td", {text: label}), el("td", {class: "n", text: count(tokenCount)}),
       el("td", {class: "n", "data-value": total}, [count(total),
         total >= 1000 ? el("div", {class: "hint", text: inWords(total)}) : null])]);
-    const kind = (tokenCount) => (tokenCount >= 10000 ? "a short book chapter" : tokenCount >= 1000 ? "a few pages" : "a paragraph");
+    const kind = (tokenCount) => (tokenCount >= 10000 ? i18n.t("cost.chapter")
+      : tokenCount >= 1000 ? i18n.t("cost.pages") : i18n.t("cost.paragraph"));
     const examples = cost.examples.filter((e) => e.tokens >= 1000);
+    const atLength = examples.map((e, i) => {
+      const vars = {n: count(e.tokens), scores: inWords(e.scores_total)};
+      return i ? i18n.t("cost.example_next", vars) : i18n.t("cost.example_first", vars);
+    });
     append(box, [
-      el("p", {class: "big", id: "cost-sentence"}, [
-        "Your sentence has " + cost.tokens + " tokens, so each head computed " + cost.tokens + " × " + cost.tokens +
-        " = ", el("strong", {text: count(cost.scores_per_head)}), " scores (every token against every token). With " +
-        model.num_heads + " heads in each of " + model.num_layers + " layers (" + heads + " heads), that makes ",
-        el("strong", {text: count(cost.scores_total)}), " scores in total."]),
-      el("p", {}, "The work grows with the square of the length: twice as many tokens means four times as many scores, " +
-                  "ten times as many tokens a hundred times as many." +
-                  (examples.length ? " " + examples.map((e, i) => (i ? "at " : "At ") + count(e.tokens) + " tokens it would be " +
-                                                          inWords(e.scores_total) + " scores").join("; ") + "." : "")),
+      el("p", {class: "big", id: "cost-sentence"}, i18n.parts("cost.sentence", {
+        n: cost.tokens, per_head: el("strong", {text: count(cost.scores_per_head)}), heads: model.num_heads,
+        layers: model.num_layers, all_heads: heads, total: el("strong", {text: count(cost.scores_total)})})),
+      el("p", {}, i18n.t("cost.grows") + (atLength.length ? atLength.join(i18n.t("cost.example_sep")) + i18n.t("cost.example_end") : "")),
       el("div", {class: "table-wrap"}, el("table", {class: "nums cost", id: "cost-table"}, [
-        el("thead", {}, el("tr", {}, [el("th", {text: "length"}), el("th", {text: "tokens"}),
-                                      el("th", {text: "scores, all heads"})])),
-        el("tbody", {}, [row("your sentence", cost.tokens, cost.scores_total),
+        el("thead", {}, el("tr", {}, [el("th", {text: i18n.t("cost.length")}), el("th", {text: i18n.t("cost.tokens")}),
+                                      el("th", {text: i18n.t("cost.scores")})])),
+        el("tbody", {}, [row(i18n.t("cost.yours"), cost.tokens, cost.scores_total),
                          ...cost.examples.map((e) => row(kind(e.tokens), e.tokens, e.scores_total))])])),
-      el("p", {}, ["That is why long texts are expensive. attnlab's tiled attention still computes every one of these ",
-                   "scores, but a block at a time, so it never has to keep the whole table in memory" +
-                   (model.causal ? "; and since this model only looks back, it skips the blocks that would be entirely hidden." : ".")]),
+      el("p", {}, model.causal ? i18n.t("cost.tiled_causal") : i18n.t("cost.tiled")),
     ]);
   }
 
@@ -1063,11 +1049,28 @@
     }
     document.getElementById("hv-all").addEventListener("change", () => { state.pinned = null; renderHeadView(); });
     wireZoom();
+    document.addEventListener("attnlab:lang", redraw);
     let resizeTimer = null;
     window.addEventListener("resize", () => {
       clearTimeout(resizeTimer);
       resizeTimer = setTimeout(() => { if (data) sizeThumbs(); }, 100);
     });
+  }
+
+  /** Every text again in the page's new language; the choices (layer, head, word, key) stay. */
+  function redraw() {
+    if (!data) return;
+    renderHeader();
+    fillSelectors();
+    renderModelView();
+    renderCost();
+    render();
+    const zoomDialog = document.getElementById("zoom");
+    if (zoomDialog.open) {
+      document.getElementById("zoom-title").textContent = i18n.t("common.Layer_head", {layer: state.layer, head: state.head});
+      drawZoom();
+      showCell(zoom.cursor);
+    }
   }
 
   /** Draw (or draw again) every section for the explanation ``next`` (see the top of this file). */
@@ -1084,7 +1087,7 @@
     tokens = data.tokens;
     n = tokens.length;
     options = {hide: opts.hide || [], headsOff: opts.headsOff || [], compare: opts.compare || null,
-               compareLabel: opts.compareLabel || "before"};
+               compareLabel: opts.compareLabel || null};
     if (!wired) {
       wire();
       wired = true;
@@ -1128,7 +1131,7 @@
       show(JSON.parse(embedded.textContent));
       document.body.dataset.ready = "true";
     } catch (error) {
-      reportProblem("the page could not be drawn (" + error.message + ")");
+      reportProblem(i18n.t("problem.draw", {error: error.message}));
       throw error;
     }
   }

@@ -22,12 +22,15 @@
  *   #path (decoders): #path-intro, #path-overview, #path-layer, #path-detail, #path-final
  *     (tr.path-top[data-id][data-probability]), #path-check
  *   and the ids of page.js's sections (#walkthrough, #wt-table, #head-view, #model-view, ...).
+ * Every text the page writes comes from the string tables (i18n.js); on "attnlab:lang" it writes
+ * them again in the new language. The server's own error sentences stay as it sent them.
  */
 (function () {
   "use strict";
 
   const config = JSON.parse(document.getElementById("attnlab-serve").textContent);
   const explainPage = window.attnlabExplain;
+  const i18n = window.attnlabI18n;
   const $ = (id) => document.getElementById(id);
   const CANDIDATES_SHOWN = 10;
   // The path's shown numbers are rounded to 6 significant digits, so sums agree to about 1e-5.
@@ -46,6 +49,11 @@
     headsOff: [],        // what-if: [layer, head] pairs
     layersOff: [],       // what-if: layers
     whatif: null,        // the last /api/whatif answer, while it is shown
+    shownAnswer: null,   // the answer whose sections are drawn (S.answer, or a what-if's edited run)
+    pathShown: null,     // the path drawn in #path
+    tooLong: false,      // the generated text outgrew what the sections can explain
+    status: () => "",    // the status line and the error, as functions of the language
+    error: null,
   };
   const inflight = {};   // action name -> AbortController of its newest request
   let busy = 0;
@@ -85,28 +93,40 @@
     else delete document.body.dataset.busy;
   }
 
+  /** Show ``text`` in #status: a string, or a function that writes it in the page's language. */
   function status(text) {
-    $("status").textContent = text;
+    S.status = typeof text === "function" ? text : () => text;
+    $("status").textContent = S.status();
+  }
+
+  /** A token in “quotes”, as the page's sentences write it. */
+  function quoted(text) {
+    return i18n.t("serve.quote", {text: shown(text)});
   }
 
   /* ---------- errors and requests ---------- */
 
+  /** A failed request: ``say`` is the server's sentence, or a function writing the page's own. */
   class ApiError extends Error {
-    constructor(message, statusCode) {
-      super(message);
+    constructor(say, statusCode) {
+      super(typeof say === "function" ? say() : say);
+      this.say = typeof say === "function" ? say : () => say;
       this.status = statusCode;
     }
   }
 
+  /** One sentence in #error: ``message`` is a string, or a function of the page's language. */
   function showError(message, retry) {
+    S.error = typeof message === "function" ? message : () => message;
     $("error").hidden = false;
-    $("error-text").textContent = message;
+    $("error-text").textContent = S.error();
     const button = $("error-retry");
     button.hidden = !retry;
     button.onclick = retry ? () => { clearError(); retry(); } : null;
   }
 
   function clearError() {
+    S.error = null;
     $("error").hidden = true;
     $("error-text").textContent = "";
   }
@@ -119,11 +139,11 @@
     } catch (error) {
       message = "";
     }
-    if (response.status === 503) {
-      message = (message || "The model is busy with other requests.") +
-        " It is busy right now: wait a moment and press “Try again”.";
+    const code = response.status;
+    if (code === 503) {
+      return new ApiError(() => (message || i18n.t("serve.error.busy_default")) + i18n.t("serve.error.busy"), code);
     }
-    return new ApiError(message || "The server answered " + response.status + " and no explanation.", response.status);
+    return new ApiError(message || (() => i18n.t("serve.error.no_answer", {status: code})), code);
   }
 
   async function post(path, body, signal) {
@@ -133,7 +153,7 @@
                                     body: JSON.stringify(body), signal: signal});
     } catch (error) {
       if (error.name === "AbortError") throw error;
-      throw new ApiError("Cannot reach the attnlab server: is “attnlab serve” still running?", 0);
+      throw new ApiError(() => i18n.t("serve.error.unreachable"), 0);
     }
     if (!response.ok) throw await failure(response);
     return response;
@@ -151,7 +171,7 @@
     } catch (error) {
       if (error.name !== "AbortError" && !controller.signal.aborted) {
         status("");
-        showError(error instanceof ApiError ? error.message : "Something went wrong on this page: " + error.message,
+        showError(error instanceof ApiError ? error.say : () => i18n.t("serve.error.page", {error: error.message}),
                   error.status === 503 ? retry : null);
         if (!(error instanceof ApiError)) console.error(error);
       }
@@ -168,22 +188,34 @@
 
   /* ---------- the model and the text ---------- */
 
+  /** A model's title or description as the server wrote it, in the page's language when the
+   * tables have it ("model.text." keys; see i18n.js fromEnglish). */
+  function modelText(text) {
+    return i18n.fromEnglish("model.text.", text);
+  }
+
   function fillModels() {
     const menu = $("model");
+    const keep = menu.value;
+    menu.textContent = "";
     for (const m of config.models) {
-      menu.append(el("option", {value: m.id, text: m.title + (m.generates ? " (writes text)" : " (reads text)")}));
+      const title = {title: modelText(m.title)};
+      menu.append(el("option", {value: m.id, text: m.generates ? i18n.t("serve.ask.writes", title) : i18n.t("serve.ask.reads", title)}));
     }
-    menu.addEventListener("change", () => chooseModel(menu.value, true));
+    if (keep) menu.value = keep;
+  }
+
+  function describeModel() {
+    $("model-about").textContent = modelText(S.model.description);
+    $("text-hint").textContent = i18n.t("serve.ask.hint_limit", {n: S.model.max_tokens,
+                                                                 words: Math.round(S.model.max_tokens * 0.75)});
   }
 
   function chooseModel(id, run) {
     S.model = config.models.find((m) => m.id === id) || config.models[0];
     $("model").value = S.model.id;
-    $("model-about").textContent = S.model.description;
     $("text").value = S.model.example;
-    $("text-hint").textContent = "Press Enter to run it (Shift+Enter starts a new line). This model can " +
-      "explain up to " + S.model.max_tokens + " tokens (about " + Math.round(S.model.max_tokens * 0.75) +
-      " words) at once.";
+    describeModel();
     const decoder = S.model.generates;
     for (const node of document.querySelectorAll("[data-kind=decoder]")) node.hidden = !decoder;
     S.generated = [];
@@ -196,12 +228,11 @@
   function explainText() {
     const text = $("text").value;
     if (!text.trim()) {
-      showError("Type some text first: the box is empty.");
+      showError(() => i18n.t("serve.error.empty"));
       return;
     }
     if (text.length > config.limits.max_text_chars) {
-      showError("This text has " + text.length + " characters; the explorer takes at most " +
-                config.limits.max_text_chars + ". Please shorten it.");
+      showError(() => i18n.t("serve.error.too_long", {n: text.length, max: config.limits.max_text_chars}));
       return;
     }
     clearError();
@@ -209,7 +240,7 @@
     stop("generate");
     const model = S.model;
     act("explain", async (signal) => {
-      status("Reading your text…");
+      status(() => i18n.t("serve.status.reading"));
       const response = await post("/api/explain", {model: model.id, text: text, layer: null, head: null, edit: null},
                                   signal);
       const answer = await response.json();
@@ -224,13 +255,14 @@
       clearWhatif();
       drawAnswer(answer, {keep: true});
       drawGenerated();
-      status("Done in " + Math.round(answer.elapsed_ms) + " ms.");
+      status(() => i18n.t("serve.status.done", {ms: Math.round(answer.elapsed_ms)}));
       document.body.dataset.ready = "true";
     }, explainText);
   }
 
   /** Draw an answer ({explanation, next, path, embedding}) with page.js's options ``view``. */
   function drawAnswer(answer, view) {
+    S.shownAnswer = answer;
     explainPage.show(answer.explanation, view);
     drawSink(answer.explanation);
     drawWhatifTokens(answer.explanation);
@@ -267,14 +299,12 @@
     }
     box.hidden = sinks === 0;
     if (!sinks) return;
-    const names = markers.map((k) => "“" + shown(data.tokens[k]) + "”").join(" and ");
+    const names = markers.map((k) => quoted(data.tokens[k])).join(i18n.t("common.and"));
+    const vars = {sinks: sinks, total: layers * heads, names: names,
+                  sink: el("a", {class: "term", href: "#g-sink", text: i18n.t("word.sink")})};
     box.append(el("p", {}, [
-      el("strong", {text: "An attention sink. "}),
-      "In " + sinks + " of the " + layers * heads + " heads, the words put more than half of their attention on " +
-      (data.model.causal ? "the first token, " + names : "the markers " + names) + ". That does not mean " +
-      (markers.length > 1 ? "they matter" : "it matters") + " most: when a head finds nothing it is looking for, " +
-      "it has to put its 100% somewhere, and it parks it there, where it changes little (an ",
-      el("a", {class: "term", href: "#g-sink", text: "attention sink"}), ")."]));
+      el("strong", {text: i18n.t("serve.sink.lead")}),
+      ...(data.model.causal ? i18n.parts("serve.sink.first", vars) : i18n.pluralParts("serve.sink.markers", markers.length, vars))]));
   }
 
   /* ---------- the next word ---------- */
@@ -340,24 +370,28 @@
   function describeSettings(settings) {
     const t = settings.temperature;
     const parts = [];
-    if (t === 0) parts.push("Temperature 0: the model always takes its top token; the others get no chance.");
-    else if (t < 1) parts.push("Temperature " + t.toFixed(2) + " (below 1) sharpens the chances: the likely tokens get likelier.");
-    else if (t > 1) parts.push("Temperature " + t.toFixed(2) + " (above 1) flattens the chances: unlikely tokens get more of a chance.");
-    else parts.push("Temperature 1: the model's own chances, unchanged.");
-    if (t > 0 && settings.top_k !== null) parts.push("Top-k " + settings.top_k + ": only the " + settings.top_k + " likeliest tokens stay.");
+    if (t === 0) parts.push(i18n.t("serve.next.t0"));
+    else if (t < 1) parts.push(i18n.t("serve.next.t_low", {t: t.toFixed(2)}));
+    else if (t > 1) parts.push(i18n.t("serve.next.t_high", {t: t.toFixed(2)}));
+    else parts.push(i18n.t("serve.next.t1"));
+    if (t > 0 && settings.top_k !== null) parts.push(i18n.t("serve.next.k", {k: settings.top_k}));
     if (t > 0 && settings.top_p !== null) {
-      parts.push("Top-p " + settings.top_p.toFixed(2) + ": only the likeliest tokens that together hold " +
-                 Math.round(settings.top_p * 100) + "% of the chance stay.");
+      parts.push(i18n.t("serve.next.p", {p: settings.top_p.toFixed(2), pct: Math.round(settings.top_p * 100)}));
     }
-    return parts.join(" ");
+    return parts.join(i18n.t("common.sentence_gap"));
+  }
+
+  function drawSettings() {
+    const settings = sampling();
+    $("temperature-value").textContent = settings.temperature.toFixed(2);
+    $("top-k-value").textContent = settings.top_k === null ? i18n.t("serve.next.off") : String(settings.top_k);
+    $("top-p-value").textContent = settings.top_p === null ? i18n.t("serve.next.off") : settings.top_p.toFixed(2);
+    return settings;
   }
 
   function drawCandidates() {
+    const settings = drawSettings();
     if (!S.logits) return;
-    const settings = sampling();
-    $("temperature-value").textContent = settings.temperature.toFixed(2);
-    $("top-k-value").textContent = settings.top_k === null ? "off" : String(settings.top_k);
-    $("top-p-value").textContent = settings.top_p === null ? "off" : settings.top_p.toFixed(2);
     const probs = probabilities(S.logits, settings);
     const texts = new Map(S.shownNext.top.map((c) => [c.id, c.text]));
     const order = S.shownNext.top.map((c) => c.id).sort((a, b) => probs[b] - probs[a] || S.logits[b] - S.logits[a]);
@@ -371,17 +405,16 @@
         el("span", {class: "cand-token"}, tokenChip(texts.get(id))),
         el("span", {class: "track", "aria-hidden": "true"}, el("span", {class: "fill", style: "width:" + p * 100 + "%"})),
         el("span", {class: "pct", text: p === 0 ? "0%" : pct(p),
-                    title: p === 0 ? "left out by top-k, top-p or temperature 0" : null})]));
+                    title: p === 0 ? i18n.t("serve.next.left_out") : null})]));
     }
     const best = order[0];
-    $("sampling-summary").textContent = describeSettings(settings) + " Now " + count(possible) + " of the " +
-      count(probs.length) + " tokens can still be chosen, and the top one, “" + shown(texts.get(best)) + "”, gets " +
-      pct(probs[best]) + ".";
+    $("sampling-summary").textContent = describeSettings(settings) + i18n.t("common.sentence_gap") +
+      i18n.t("serve.next.summary", {possible: count(possible), total: count(probs.length), top: quoted(texts.get(best)),
+                                    p: pct(probs[best])});
     const after = S.generated.length && S.shownNext !== (S.answer && S.answer.next);
-    $("candidates-note").textContent = (S.whatif ? "With your what-if change. " : "") +
-      (possible < order.length ? "Grey rows at 0% can no longer be chosen with these settings. " : "") +
-      (after ? "These are the candidates after the last generated token. " : "") +
-      "The bars are this page's own arithmetic on the model's scores for every token.";
+    $("candidates-note").textContent = (S.whatif ? i18n.t("serve.next.note_whatif") : "") +
+      (possible < order.length ? i18n.t("serve.next.note_grey") : "") +
+      (after ? i18n.t("serve.next.note_after") : "") + i18n.t("serve.next.note_bars");
   }
 
   /* ---------- generation ---------- */
@@ -390,7 +423,7 @@
     clearError();
     const text = $("text").value;
     if (!text.trim()) {
-      showError("Type some text first: the model needs something to continue.");
+      showError(() => i18n.t("serve.error.empty_generate"));
       return;
     }
     const settings = sampling();
@@ -401,8 +434,9 @@
     }
     const already = S.generated.length;
     let total = 0;
+    S.tooLong = false;
     const running = act("generate", async (signal) => {
-      status("Writing…");
+      status(() => i18n.t("serve.status.writing"));
       const response = await post("/api/generate", Object.assign({model: model.id, text: text, max_new_tokens: maxNew,
                                                                   seed: null, edit: null}, settings), signal);
       const reader = response.body.getReader();
@@ -436,9 +470,10 @@
         if (ended) break;
       }
       if (signal.aborted) return;
-      const why = {length: "reached the limit you set", eos: "the model ended its reply", context: "the model cannot read further"};
-      status(done ? "Wrote " + done.generated + " token" + (done.generated === 1 ? "" : "s") + " (" + why[done.reason] +
-                    (done.tokens_per_s ? ", " + done.tokens_per_s + " tokens per second" : "") + ")." : "");
+      const why = () => ({length: i18n.t("serve.status.why_length"), eos: i18n.t("serve.status.why_eos"),
+                          context: i18n.t("serve.status.why_context")})[done.reason];
+      status(done ? () => i18n.plural("serve.status.wrote", done.generated, {
+        why: why(), speed: done.tokens_per_s ? i18n.t("serve.status.speed", {speed: done.tokens_per_s}) : ""}) : "");
     });
     updateButtons();
     await running;
@@ -451,8 +486,8 @@
   /** After a generation, explain the longer text again, when it is still short enough. */
   function followText(tokenCount) {
     if (tokenCount > S.model.max_tokens) {
-      $("generated-line").append(" The text is now longer than the " + S.model.max_tokens + " tokens this page can " +
-        "explain at once, so the sections below still show it as it was.");
+      S.tooLong = true;
+      drawGenerated();
       return;
     }
     explainText();
@@ -464,45 +499,45 @@
     S.generated.forEach((event, i) => {
       box.append(el("button", {type: "button", class: "chip gen-token", "data-step": i,
                                "aria-pressed": i === S.stepShown ? "true" : "false",
-                               title: "probability " + pct(event.probability),
+                               title: i18n.t("serve.gen.probability", {p: pct(event.probability)}),
                                onclick: () => { S.stepShown = i; drawGenerated(); }}, shown(event.text)));
     });
-    $("generated-line").textContent = S.generated.length
-      ? S.generated.length + " new token" + (S.generated.length === 1 ? "" : "s") + " (pick one to see its step):"
-      : "";
+    $("generated-line").textContent = (S.generated.length ? i18n.plural("serve.gen.line", S.generated.length) : "") +
+      (S.tooLong ? i18n.t("serve.gen.too_long", {n: S.model.max_tokens}) : "");
     drawStep();
   }
 
-  function fillStepSelectors(layers, heads) {
-    const fill = (menu, size, word) => {
-      if (menu.options.length === size + 1) return;
+  /** The layer and head menus of #step; ``again`` writes their options again (a new language). */
+  function fillStepSelectors(layers, heads, again) {
+    const fill = (menu, size, all, label) => {
+      if (menu.options.length === size + 1 && !again) return;
       const keep = menu.value;
       menu.textContent = "";
-      menu.append(el("option", {value: "all", text: "all " + word + "s (average)"}));
-      for (let i = 0; i < size; i++) menu.append(el("option", {value: String(i), text: word + " " + i}));
+      menu.append(el("option", {value: "all", text: all}));
+      for (let i = 0; i < size; i++) menu.append(el("option", {value: String(i), text: label(i)}));
       menu.value = keep && Number(keep) < size ? keep : "all";
     };
-    fill($("step-layer"), layers, "layer");
-    fill($("step-head"), heads, "head");
+    fill($("step-layer"), layers, i18n.t("serve.gen.all_layers"), (i) => i18n.t("common.layer_n", {n: i}));
+    fill($("step-head"), heads, i18n.t("serve.gen.all_heads"), (i) => i18n.t("common.head_n", {n: i}));
   }
 
-  function drawStep() {
+  function drawStep(again) {
     const box = $("step");
     const event = S.stepShown === null ? null : S.generated[S.stepShown];
     box.hidden = !event;
     if (!event) return;
-    $("step-title").textContent = "New token " + (S.stepShown + 1) + ": “" + shown(event.text) + "”, chosen with a chance of " +
-      pct(event.probability);
+    $("step-title").textContent = i18n.t("serve.gen.step_title", {n: S.stepShown + 1, token: quoted(event.text),
+                                                                   p: pct(event.probability)});
     const weightsBox = $("step-weights");
     const cacheBox = $("step-cache");
     weightsBox.textContent = "";
     cacheBox.textContent = "";
     if (!event.attention) {
-      cacheBox.append(el("p", {text: "This token ended the reply, so the model did not read it back in: there is no attention to show."}));
+      cacheBox.append(el("p", {text: i18n.t("serve.gen.ended")}));
       return;
     }
     const {layers, heads, keys} = event.attention;
-    fillStepSelectors(layers, heads);
+    fillStepSelectors(layers, heads, again === true);
     const all = floats(event.attention.weights);
     const layerChoice = $("step-layer").value;
     const headChoice = $("step-head").value;
@@ -525,9 +560,8 @@
         [shown(labels[k] === undefined ? "?" : labels[k]), el("span", {class: "chip-pct", text: " " + pct(w)})]));
     }
     if (layerChoice === "all" && headChoice === "all" && row[0] / rows > 0.4 && keys > 2) {
-      cacheBox.append(el("p", {class: "note"}, ["Most of it goes to the very first token, “" + shown(labels[0]) + "”: the ",
-        el("a", {class: "term", href: "#g-sink", text: "attention sink"}), " of this model, where heads park the attention " +
-        "they do not need. Pick one layer and head above to see more telling links."]));
+      cacheBox.append(el("p", {class: "note"}, i18n.parts("serve.gen.sink", {
+        token: quoted(labels[0]), sink: el("a", {class: "term", href: "#g-sink", text: i18n.t("word.sink")})})));
     }
     const c = event.cache;
     cacheBox.dataset.reused = c.reused;
@@ -535,30 +569,29 @@
     cacheBox.dataset.scoresRecompute = c.scores_recompute;
     const total = c.reused + c.new;
     cacheBox.append(
-      el("h4", {text: "What the KV cache saved at this step"}),
-      el("p", {}, ["To read “" + shown(event.text) + "” back in, the model needs the ", el("span", {class: "k-text", text: "keys"}),
-        " and ", el("span", {class: "v-text", text: "values"}), " of all " + total + " tokens. ",
-        el("strong", {text: c.reused + " of them"}), " it kept from earlier steps in its ",
-        el("a", {class: "term", href: "#g-cache", text: "KV cache"}), " (in each of " + c.layers + " layers × " + c.kv_heads +
-        " key/value heads: " + count(c.reused * c.layers * c.kv_heads) + " keys and as many values reused), so it computed only " +
-        c.new + " new key and value per layer and head."]),
-      el("p", {}, ["This step computed ", el("strong", {text: count(c.scores_now)}), " attention scores; reading the whole " +
-        "text again from scratch would take " + count(c.scores_recompute) + " (" + times(c.scores_recompute, c.scores_now) +
-        " as many). Counting all the multiplications of the model, " + big(c.flops_now) + " now against " + big(c.flops_recompute) +
-        " (" + times(c.flops_recompute, c.flops_now) + "). The step took " + fmt(c.ms, 1) + " ms."]));
+      el("h4", {text: i18n.t("serve.cache.title")}),
+      el("p", {}, i18n.parts("serve.cache.reused", {
+        token: quoted(event.text), keys: el("span", {class: "k-text", text: i18n.t("word.keys")}),
+        values: el("span", {class: "v-text", text: i18n.t("word.values")}), total: total,
+        reused: el("strong", {text: i18n.t("serve.cache.of_them", {n: c.reused})}),
+        cache: el("a", {class: "term", href: "#g-cache", text: i18n.t("word.cache")}), layers: c.layers,
+        kv_heads: c.kv_heads, reused_all: count(c.reused * c.layers * c.kv_heads), new: c.new})),
+      el("p", {}, i18n.parts("serve.cache.saved", {
+        now: el("strong", {text: count(c.scores_now)}), recompute: count(c.scores_recompute),
+        ratio: times(c.scores_recompute, c.scores_now), flops_now: big(c.flops_now), flops_recompute: big(c.flops_recompute),
+        flops_ratio: times(c.flops_recompute, c.flops_now), ms: fmt(c.ms, 1)})));
   }
 
   /* ---------- the path of one token ---------- */
 
   function drawPath(path) {
+    S.pathShown = path;
     $("path-intro").textContent = "";
-    $("path-intro").append("How the last token, “", shown(path.token), "” (position " + path.position + "), travels " +
-      "through the model. It starts as its dictionary entry (its ", el("a", {class: "term", href: "#g-embedding", text: "embedding"}),
-      "). Then every layer adds two things to this running list of numbers, the ",
-      el("a", {class: "term", href: "#g-residual", text: "residual stream"}), ": what attention gathered from the other " +
-      "words, and what the ", el("a", {class: "term", href: "#g-ffn", text: "feed-forward step"}), " computed from it. " +
-      "At the end the list is compared with every token of the vocabulary: that gives the scores of the next token. " +
-      "“Size” is the length of the whole list of numbers (its norm); the table shows the first " + path.dims_shown + " numbers.");
+    $("path-intro").append(...i18n.parts("serve.path.intro", {
+      token: quoted(path.token), position: path.position, dims: path.dims_shown,
+      embedding: el("a", {class: "term", href: "#g-embedding", text: i18n.t("word.embedding")}),
+      residual: el("a", {class: "term", href: "#g-residual", text: i18n.t("word.residual")}),
+      ffn: el("a", {class: "term", href: "#g-ffn", text: i18n.t("word.ffn")})}));
     const overview = $("path-overview");
     overview.textContent = "";
     const biggest = Math.max(path.embedding.norm, ...path.layers.map((l) => Math.max(l.attention.norm, l.ffn.norm, l.after_ffn.norm)));
@@ -576,18 +609,19 @@
       before = layer.after_ffn.values;
     }
     overview.append(
-      el("caption", {class: "hint", text: "Per layer: how much attention and the feed-forward step add, and the size of the token's numbers afterwards."}),
-      el("thead", {}, el("tr", {}, [el("th", {text: "step"}), el("th", {text: "attention adds"}),
-                                    el("th", {text: "feed-forward adds"}), el("th", {text: "size after"})])),
+      el("caption", {class: "hint", text: i18n.t("serve.path.caption")}),
+      el("thead", {}, el("tr", {}, [el("th", {text: i18n.t("serve.path.step")}), el("th", {text: i18n.t("serve.path.attention_adds")}),
+                                    el("th", {text: i18n.t("serve.path.ffn_adds")}), el("th", {text: i18n.t("serve.path.size_after")})])),
       el("tbody", {}, [
-        el("tr", {}, [el("td", {text: "embedding"}), el("td"), el("td"), el("td", {class: "bar-cell"}, bar(path.embedding.norm))]),
+        el("tr", {}, [el("td", {text: i18n.t("word.embedding")}), el("td"), el("td"),
+                      el("td", {class: "bar-cell"}, bar(path.embedding.norm))]),
         ...path.layers.map((l) => el("tr", {"data-layer": l.layer}, [
-          el("td", {text: "layer " + l.layer}), el("td", {class: "bar-cell"}, bar(l.attention.norm)),
+          el("td", {text: i18n.t("common.layer_n", {n: l.layer})}), el("td", {class: "bar-cell"}, bar(l.attention.norm)),
           el("td", {class: "bar-cell"}, bar(l.ffn.norm)), el("td", {class: "bar-cell"}, bar(l.after_ffn.norm))]))]));
     const menu = $("path-layer");
     const keep = menu.value;
     menu.textContent = "";
-    path.layers.forEach((l) => menu.append(el("option", {value: String(l.layer), text: "layer " + l.layer})));
+    path.layers.forEach((l) => menu.append(el("option", {value: String(l.layer), text: i18n.t("common.layer_n", {n: l.layer})})));
     menu.value = keep && Number(keep) < path.layers.length ? keep : "0";
     menu.onchange = () => drawPathLayer(path);
     drawPathLayer(path);
@@ -595,15 +629,13 @@
     final.textContent = "";
     final.append(
       el("p", {id: "path-check", class: worst > PATH_TOLERANCE ? "check-bad" : "check-ok", "data-worst": worst},
-         worst > PATH_TOLERANCE ? "✗ The shown numbers do not add up: the page found a difference of " + worst.toExponential(2) + "."
-           : "✓ Re-checked on this page: in every layer, the numbers before + what attention adds = the numbers after " +
-             "attention, and those + what the feed-forward step adds = the numbers after the layer."),
-      el("h3", {text: "The end of the path"}),
-      el("p", {text: "After the last layer the numbers are normalised once more (size " + fmt(path.final.norm, 2) + "), then " +
-                     "compared with the entry of every token in the vocabulary. These are the best matches, as chances:"}),
-      vectorLine("final", path.final.values),
+         worst > PATH_TOLERANCE ? i18n.t("serve.path.check_bad", {x: worst.toExponential(2)}) : i18n.t("serve.path.check_ok")),
+      el("h3", {text: i18n.t("serve.path.end_title")}),
+      el("p", {text: i18n.t("serve.path.end", {size: fmt(path.final.norm, 2)})}),
+      vectorLine("final", i18n.t("serve.path.final"), path.final.values),
       el("div", {class: "table-wrap"}, el("table", {class: "nums", id: "path-top"}, [
-        el("thead", {}, el("tr", {}, [el("th", {text: "next token"}), el("th", {text: "score"}), el("th", {text: "chance"})])),
+        el("thead", {}, el("tr", {}, [el("th", {text: i18n.t("serve.path.next_token")}), el("th", {text: i18n.t("serve.path.score")}),
+                                      el("th", {text: i18n.t("serve.path.chance")})])),
         el("tbody", {}, path.final.top.map((t) => el("tr", {class: "path-top", "data-id": t.id, "data-probability": t.probability}, [
           el("td", {}, tokenChip(t.text)), el("td", {class: "n", text: fmt(t.logit, 2)}),
           el("td", {class: "bar-cell"}, el("span", {class: "bar-box"}, [
@@ -611,11 +643,12 @@
             el("span", {class: "pct", text: pct(t.probability)})]))])))])));
   }
 
-  function vectorLine(label, values, total) {
-    return el("div", {class: "vec", "data-vector": label}, [
+  /** One list of numbers of the path: ``name`` for tests (data-vector), ``label`` for people. */
+  function vectorLine(name, label, values, total) {
+    return el("div", {class: "vec", "data-vector": name}, [
       el("span", {class: "vec-label", text: label}),
       el("span", {class: "vec-cells"}, values.map((x) => el("span", {class: "num-cell", "data-value": x, text: fmt(x)}))),
-      total ? el("span", {class: "more", text: "size " + fmt(total, 2)}) : null]);
+      total ? el("span", {class: "more", text: i18n.t("serve.path.size", {size: fmt(total, 2)})}) : null]);
   }
 
   function drawPathLayer(path) {
@@ -625,13 +658,15 @@
     const box = $("path-detail");
     box.textContent = "";
     box.append(
-      el("p", {text: "Layer " + index + ": the token's numbers as they come in, what attention adds (after the heads' " +
-                     "results are mixed by the output projection), and what the feed-forward step adds."}),
-      vectorLine(index === 0 ? "embedding" : "coming in", before.values, before.norm),
-      vectorLine("+ attention", layer.attention.values, layer.attention.norm),
-      vectorLine("= after attention", layer.after_attention.values, layer.after_attention.norm),
-      vectorLine("+ feed-forward", layer.ffn.values, layer.ffn.norm),
-      vectorLine("= after layer " + index, layer.after_ffn.values, layer.after_ffn.norm));
+      el("p", {text: i18n.t("serve.path.layer_text", {layer: index})}),
+      index === 0 ? vectorLine("embedding", i18n.t("word.embedding"), before.values, before.norm)
+        : vectorLine("coming in", i18n.t("serve.path.coming_in"), before.values, before.norm),
+      vectorLine("+ attention", i18n.t("serve.path.plus_attention"), layer.attention.values, layer.attention.norm),
+      vectorLine("= after attention", i18n.t("serve.path.after_attention"), layer.after_attention.values,
+                 layer.after_attention.norm),
+      vectorLine("+ feed-forward", i18n.t("serve.path.plus_ffn"), layer.ffn.values, layer.ffn.norm),
+      vectorLine("= after layer " + index, i18n.t("serve.path.after_layer", {layer: index}), layer.after_ffn.values,
+                 layer.after_ffn.norm));
   }
 
   /* ---------- what-if ---------- */
@@ -642,7 +677,7 @@
     data.tokens.forEach((t, i) => {
       box.append(el("button", {type: "button", class: "chip" + (data.special[i] ? " special" : ""), "data-token": i,
                                "aria-pressed": S.hide.has(i) ? "true" : "false",
-                               "aria-label": "hide “" + t + "” (token " + i + ")",
+                               "aria-label": i18n.t("serve.whatif.hide_token", {token: quoted(t), i: i}),
                                onclick: () => {
                                  if (S.hide.has(i)) S.hide.delete(i);
                                  else S.hide.add(i);
@@ -663,19 +698,22 @@
 
   function updateWhatifButtons() {
     const {layer, head} = explainPage.current();
-    $("whatif-head-off").textContent = "Switch off head " + head + " of layer " + layer;
-    $("whatif-layer-off").textContent = "Switch off every head of layer " + layer;
+    $("whatif-head-off").textContent = i18n.t("serve.whatif.head_off", {layer: layer, head: head});
+    $("whatif-layer-off").textContent = i18n.t("serve.whatif.layer_off", {layer: layer});
     const list = $("whatif-list");
     list.textContent = "";
-    const pill = (text, remove) => el("button", {type: "button", class: "pill", "aria-label": "undo: " + text,
+    const pill = (text, remove) => el("button", {type: "button", class: "pill", "aria-label": i18n.t("serve.whatif.undo", {change: text}),
                                                  onclick: () => { remove(); updateWhatifButtons(); }}, [text, " ✕"]);
     const tokens = S.answer ? S.answer.explanation.tokens : [];
     for (const i of Array.from(S.hide).sort((a, b) => a - b)) {
-      list.append(pill("hide “" + shown(tokens[i] || String(i)) + "”", () => { S.hide.delete(i); drawWhatifTokens(S.answer.explanation); }));
+      list.append(pill(i18n.t("serve.whatif.pill_hide", {token: quoted(tokens[i] || String(i))}),
+                       () => { S.hide.delete(i); drawWhatifTokens(S.answer.explanation); }));
     }
-    S.headsOff.forEach(([l, h], index) => list.append(pill("head " + h + " of layer " + l + " off", () => S.headsOff.splice(index, 1))));
-    S.layersOff.forEach((l, index) => list.append(pill("all of layer " + l + " off", () => S.layersOff.splice(index, 1))));
-    if (!list.childNodes.length) list.append(el("span", {class: "hint", text: "No change chosen yet."}));
+    S.headsOff.forEach(([l, h], index) => list.append(pill(i18n.t("serve.whatif.pill_head", {layer: l, head: h}),
+                                                           () => S.headsOff.splice(index, 1))));
+    S.layersOff.forEach((l, index) => list.append(pill(i18n.t("serve.whatif.pill_layer", {layer: l}),
+                                                       () => S.layersOff.splice(index, 1))));
+    if (!list.childNodes.length) list.append(el("span", {class: "hint", text: i18n.t("serve.whatif.none")}));
     updateButtons();
   }
 
@@ -695,7 +733,7 @@
     const {layer, head} = explainPage.current();
     const model = S.model;
     act("whatif", async (signal) => {
-      status("Running the model with your change…");
+      status(() => i18n.t("serve.status.whatif"));
       // The page already holds the original run of this text (S.answer): the server need not send it again.
       const response = await post("/api/whatif", {model: model.id, text: S.text, layer: layer, head: head, edit: change,
                                                   original: false}, signal);
@@ -706,11 +744,10 @@
       const off = change.heads_off.slice();
       const heads = answer.edited.explanation.model.num_heads;
       for (const l of change.layers_off) for (let h = 0; h < heads; h++) off.push([l, h]);
-      drawAnswer(answer.edited, {keep: true, hide: change.hide, headsOff: off, compare: answer.original.explanation,
-                                 compareLabel: "before"});
+      drawAnswer(answer.edited, {keep: true, hide: change.hide, headsOff: off, compare: answer.original.explanation});
       drawWhatif();
       $("whatif-banner").hidden = false;
-      status("Done in " + Math.round(answer.elapsed_ms) + " ms.");
+      status(() => i18n.t("serve.status.done", {ms: Math.round(answer.elapsed_ms)}));
     }, runWhatif);
   }
 
@@ -720,16 +757,19 @@
     $("whatif-result").hidden = false;
     const sentences = $("whatif-sentences");
     sentences.textContent = "";
-    for (const sentence of changes.sentences || []) sentences.append(el("li", {text: sentence}));
+    const lead = changes.lead ? editLead(changes.lead) : "";
+    const notes = changes.notes || (changes.sentences || []).map((sentence) => ({kind: "text", text: sentence}));
+    for (const note of notes) sentences.append(el("li", {text: noteText(note, lead)}));
     const cosine = $("whatif-cosine");
     cosine.hidden = changes.cosine === null || changes.cosine === undefined;
     if (!cosine.hidden) {
       cosine.dataset.value = changes.cosine;
       cosine.textContent = "";
-      cosine.append("Meaning kept: ", el("strong", {text: pct(changes.cosine)}), " (",
-        el("a", {class: "term", href: "#g-cosine", text: "cosine"}), " " + changes.cosine.toFixed(4) +
-        " between the sentence's meaning vectors before and after): " + (changes.cosine > 0.98
-          ? "the change hardly moves the meaning." : changes.cosine > 0.9 ? "the meaning moves a little." : "the meaning moves a lot."));
+      const verdict = changes.cosine > 0.98 ? i18n.t("serve.whatif.meaning_same")
+        : changes.cosine > 0.9 ? i18n.t("serve.whatif.meaning_little") : i18n.t("serve.whatif.meaning_lot");
+      cosine.append(...i18n.parts("serve.whatif.meaning", {
+        share: el("strong", {text: pct(changes.cosine)}), value: changes.cosine.toFixed(4), verdict: verdict,
+        cosine: el("a", {class: "term", href: "#g-cosine", text: i18n.t("word.cosine")})}));
     }
     const wrap = $("whatif-next-wrap");
     const rows = changes.next || [];
@@ -746,13 +786,54 @@
     drawCompare();
   }
 
+  /** A token quoted in a what-if sentence as attnlab.explain.live.shown quotes it in English. */
+  function noteToken(token) {
+    const text = (token.startsWith(" ") && token.trim() ? token.slice(1) : token).trim();
+    if (!text) return token.includes("\n") ? i18n.t("serve.whatif.newline") : i18n.t("serve.whatif.space");
+    return text.includes("'") ? i18n.t("serve.whatif.quote_apostrophe", {text: text}) : i18n.t("serve.whatif.quote", {text: text});
+  }
+
+  /** "Without 'animal'; with layer 2 head 1 switched off": the start of the what-if's sentences. */
+  function editLead(lead) {
+    const parts = [];
+    if (lead.hide.length) {
+      parts.push(i18n.t("serve.whatif.lead.without", {words: lead.hide.map(noteToken).join(i18n.t("serve.whatif.lead.and"))}));
+    }
+    if (lead.heads_off.length) {
+      const heads = lead.heads_off.map(([layer, head]) => i18n.t("serve.whatif.lead.head", {layer: layer, head: head}));
+      parts.push(i18n.t("serve.whatif.lead.heads_off", {heads: heads.join(i18n.t("serve.whatif.lead.list"))}));
+    }
+    if (lead.layers_off.length) {
+      parts.push(i18n.t("serve.whatif.lead.layers_off", {layers: lead.layers_off.join(i18n.t("serve.whatif.lead.list"))}));
+    }
+    const text = parts.join(i18n.t("serve.whatif.lead.join"));
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
+  /** One sentence of the what-if from the server's note ({kind, ...values}; see live.py). */
+  function noteText(note, lead) {
+    const v = Object.assign({}, note, {lead: lead});
+    for (const name of ["word", "now", "was"]) if (name in note) v[name] = noteToken(note[name]);
+    if ("cosine_pct" in note) v.cosine_pct = note.cosine_pct.toFixed(1);
+    if ("cosine" in note) v.cosine = note.cosine.toFixed(3);
+    const say = {
+      moved: () => i18n.t("serve.whatif.note.moved", v),
+      kept: () => i18n.t("serve.whatif.note.kept", v),
+      next_changed: () => i18n.t("serve.whatif.note.next_changed", v),
+      next_same: () => i18n.t("serve.whatif.note.next_same", v),
+      meaning: () => i18n.t("serve.whatif.note.meaning", v),
+      nothing: () => i18n.t("serve.whatif.note.nothing", v),
+    }[note.kind];
+    return say ? say() : String(note.text || "");
+  }
+
   /** The chosen head before and after the what-if, side by side, with each word's top keys. */
   function drawCompare() {
     if (!S.whatif) return;
     const {layer, head, token} = explainPage.current();
     const original = S.whatif.original.explanation;
     const edited = S.whatif.edited.explanation;
-    $("whatif-compare-title").textContent = "Layer " + layer + ", head " + head + ": before and after";
+    $("whatif-compare-title").textContent = i18n.t("serve.whatif.compare_title", {layer: layer, head: head});
     explainPage.paintHeatmap($("whatif-before"), original, layer, head, []);
     explainPage.paintHeatmap($("whatif-after"), edited, layer, head, S.whatif.change.hide);
     const body = $("whatif-words").tBodies[0];
@@ -787,7 +868,7 @@
     if (wasShown && S.answer) drawAnswer(S.answer, {keep: true});
     else updateWhatifButtons();
     if (S.answer) drawWhatifTokens(S.answer.explanation);
-    status("Back to the original.");
+    status(() => i18n.t("serve.status.reset"));
   }
 
   /* ---------- start ---------- */
@@ -811,7 +892,7 @@
     });
     $("generate-stop").addEventListener("click", () => {
       stop("generate");
-      status("Stopped.");
+      status(() => i18n.t("serve.status.stopped"));
     });
     $("step-layer").addEventListener("change", drawStep);
     $("step-head").addEventListener("change", drawStep);
@@ -831,14 +912,38 @@
       updateWhatifButtons();
       drawCompare();
     });
+    $("model").addEventListener("change", () => chooseModel($("model").value, true));
+    document.addEventListener("attnlab:lang", redraw);
   }
 
+  /** Every text this script wrote, again in the page's new language (page.js redraws its own). */
+  function redraw() {
+    document.title = i18n.t("serve.doc_title");
+    fillModels();
+    if (S.model) describeModel();
+    drawCandidates();
+    if (S.shownAnswer) {
+      drawSink(S.shownAnswer.explanation);
+      drawWhatifTokens(S.shownAnswer.explanation);
+    }
+    if (S.pathShown) drawPath(S.pathShown);
+    $("generated-line").textContent = "";
+    drawGenerated();
+    drawStep(true);
+    updateWhatifButtons();
+    if (S.whatif) drawWhatif();
+    $("status").textContent = S.status();
+    if (S.error) $("error-text").textContent = S.error();
+  }
+
+  document.title = i18n.t("serve.doc_title");
   fillModels();
   wire();
+  drawSettings();
   if (!config.models.length) {
     // Only translators or classifiers: serve_parts.js hides this part.
     if (!(config.apps || []).length) {
-      showError("The server serves no model: start it with “attnlab serve --model minilm” (or another model).");
+      showError(() => i18n.t("serve.error.no_model"));
     }
   } else {
     chooseModel(config.models[0].id, true);

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from attnlab.errors import AttnlabError
+
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
@@ -41,6 +43,10 @@ def _pre_tokenizer(name: str):
     return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _word_splitter()])
 
 
+class NoChatTemplateError(AttnlabError, ValueError):
+    """A chat was asked of a tokenizer that has no chat template."""
+
+
 class LlamaTokenizer:
     """Byte-level BPE (``tokenizers.Tokenizer``) plus the special ids and chat template of a model.
 
@@ -49,8 +55,8 @@ class LlamaTokenizer:
     recognises special tokens written in the text, such as ``<|im_start|>``.
     """
 
-    def __init__(self, tokenizer, *, bos_token_id: int, eos_token_id: int, pad_token_id: int | None,
-                 chat_template: str, max_length: int) -> None:
+    def __init__(self, tokenizer, *, bos_token_id: int | None, eos_token_id: int | None,
+                 pad_token_id: int | None, chat_template: str | None, max_length: int | None) -> None:
         self._tokenizer = tokenizer
         self.bos_token_id, self.eos_token_id, self.pad_token_id = bos_token_id, eos_token_id, pad_token_id
         self.chat_template = chat_template
@@ -188,7 +194,11 @@ class LlamaTokenizer:
         Rendered as ``transformers`` renders it: a sandboxed Jinja environment with
         ``trim_blocks`` and ``lstrip_blocks``; with ``add_generation_prompt`` the text ends with
         the opening of the assistant's turn. Returns text; :meth:`encode` turns it into ids.
+        Raises :class:`NoChatTemplateError` when the tokenizer has no template.
         """
+        if self.chat_template is None:
+            raise NoChatTemplateError("this model's tokenizer has no chat template; generate plain text "
+                                      "instead of chatting")
         if not isinstance(messages, list) or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
             for m in messages
@@ -199,9 +209,14 @@ class LlamaTokenizer:
         return self._compiled_template().render(
             messages=messages,
             add_generation_prompt=add_generation_prompt,
-            bos_token=self._tokenizer.id_to_token(self.bos_token_id),
-            eos_token=self._tokenizer.id_to_token(self.eos_token_id),
+            bos_token=self._token(self.bos_token_id),
+            eos_token=self._token(self.eos_token_id),
         )
+
+    def _token(self, index: int | None) -> str:
+        """The text of special token ``index``; "" for a tokenizer without one (templates that
+        use ``bos_token`` then render nothing there)."""
+        return "" if index is None else self._tokenizer.id_to_token(index)
 
     def _compiled_template(self):
         if self._template is None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from attnlab.errors import AttnlabError
 
-class MissingPackageError(RuntimeError):
+
+class MissingPackageError(AttnlabError, RuntimeError):
     """A package with pretrained weights is not installed; the message says how to install it."""
 
 
