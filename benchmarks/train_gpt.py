@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.attention import modules
-from attnlab.models.gpt import GPT, GPT_PRESETS
+from attnlab.models.gpt import GPT
 from attnlab.train import TrainConfig, seed_everything
-from attnlab.train.lm_task import LanguageModelTask
+from attnlab.train.lm_task import GPT_PRESETS, LanguageModelTask
 from attnlab.train.optim import build_optimizer
 
 THREADS = 2

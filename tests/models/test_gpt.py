@@ -9,8 +9,9 @@ import attnlab
 import attnlab.models
 from attnlab.attention import modules, record
 from attnlab.data.tokenizers import CharTokenizer
-from attnlab.models.gpt import GPT, GPT_PRESETS, GPTConfig, GPTPreset
+from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.train.config import TrainConfig
+from attnlab.train.lm_task import GPT_PRESETS, GPTPreset
 
 V, E, H, L = 50, 32, 4, 2
 

@@ -36,8 +36,8 @@ def budget_minutes(text: str) -> float | str:
 
 
 def gpt_preset(name: str):
-    """The :class:`attnlab.models.gpt.GPTPreset` called ``name``; UsageError listing the valid ones."""
-    from attnlab.models.gpt import GPT_PRESETS
+    """The :class:`attnlab.train.lm_task.GPTPreset` called ``name``; UsageError listing the valid ones."""
+    from attnlab.train.lm_task import GPT_PRESETS
 
     if name not in GPT_PRESETS:
         raise UsageError(f"unknown preset {name!r}; choose from: {', '.join(GPT_PRESETS)}")

@@ -16,7 +16,6 @@ _LAZY = {
     "LlamaConfig": "attnlab.models.llama",
     "GPT": "attnlab.models.gpt",
     "GPTConfig": "attnlab.models.gpt",
-    "GPT_PRESETS": "attnlab.models.gpt",
     "Seq2SeqTransformer": "attnlab.models.seq2seq",
     "Seq2SeqConfig": "attnlab.models.seq2seq",
     "LSTMSeq2Seq": "attnlab.models.lstm_seq2seq",
