@@ -270,10 +270,10 @@
     if (arch === "lstm") return;
     const layers = app.num_layers;
     layerSelect.replaceChildren(...Array.from({length: layers}, (_, l) =>
-      el("option", {value: l, text: t("translate.layer.number", {n: l + 1})})));
+      el("option", {value: l, text: t("translate.layer.number", {n: l})})));
     headSelect.replaceChildren(el("option", {value: "mean", text: t("translate.head.mean")}),
       ...Array.from({length: app.num_heads}, (_, h) =>
-        el("option", {value: h, text: t("translate.head.number", {n: h + 1})})));
+        el("option", {value: h, text: t("translate.head.number", {n: h})})));
     layerSelect.value = keepLayer !== "" && Number(keepLayer) < layers ? keepLayer : String(layers - 1);
     headSelect.value = keepHead !== "" && (keepHead === "mean" || Number(keepHead) < app.num_heads)
       ? keepHead : "mean";
@@ -399,7 +399,7 @@
       const map = el("table", {class: "tr-map small"});
       drawMap(map, end.target_tokens, end.source_tokens, (r, c) => end.alignment[r][c]);
       return el("div", {class: "tr-side", "data-app": app.id, "data-arch": app.arch}, [
-        el("h4", {text: t("translate.arch." + app.arch) + " · " + app.title}),
+        el("h4", {text: app.title}),
         el("p", {class: "tr-side-text", lang: "es", text: end.translation || t("translate.target.empty")}),
         el("div", {class: "table-wrap"}, map),
         el("ul", null, [

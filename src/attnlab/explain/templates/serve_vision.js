@@ -512,7 +512,7 @@
     select.replaceChildren(...Array.from({length: layers}, (_, layer) => {
       const option = document.createElement("option");
       option.value = String(layer);
-      option.textContent = t("vision.layer_option", {n: layer + 1, total: layers});
+      option.textContent = t("vision.layer_option", {n: layer, last: layers - 1});
       return option;
     }));
     select.value = String(chosen);
@@ -547,9 +547,9 @@
       const self = document.createElement("span");
       self.className = "self";
       self.textContent = t("vision.head_self", {pct: pct(run.cls_self[layer][head])});
-      caption.replaceChildren(t("vision.head_caption", {n: head + 1}), self);
+      caption.replaceChildren(t("vision.head_caption", {n: head}), self);
       figure.querySelector("canvas").setAttribute("aria-label",
-        t("vision.head_label", {layer: layer + 1, head: head + 1}));
+        t("vision.head_label", {layer: layer, head: head}));
     }
   }
 
