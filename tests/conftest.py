@@ -52,6 +52,25 @@ def browser():
         launched.close()
 
 
+@pytest.fixture(scope="session")
+def tiny_translator_runs(tmp_path_factory) -> dict[str, str]:
+    """``{"transformer": DIR, "lstm": DIR}``: `attnlab train translate --preset tiny` run for 5
+    steps of each architecture, once per session (the numbers, not the quality, are under test)."""
+    import contextlib
+    import io
+
+    from attnlab.cli import main
+
+    folders = {}
+    for arch in ("transformer", "lstm"):
+        out = tmp_path_factory.mktemp(f"translator-{arch}") / "run"
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert main(["train", "translate", "--preset", "tiny", "--arch", arch, "--max-steps", "5",
+                         "--out", str(out)]) == 0
+        folders[arch] = str(out)
+    return folders
+
+
 @pytest.fixture
 def set_blocks(monkeypatch):
     """``set_blocks(block_q, block_k)`` makes the tiled backend use tiles of that size (clipped

@@ -158,6 +158,7 @@ def test_bad_input_is_one_clear_line(run_dir, tmp_path, argv, message):
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+@pytest.mark.slow  # 12 s; the fuzz test gives every command checkpoints of another kind
 def test_translate_rejects_a_checkpoint_of_another_task(tmp_path):
     gpt_run = tmp_path / "gpt"
     done = attnlab_process("train", "gpt", "--preset", "shakespeare-char-tiny", "--max-steps", "2",

@@ -42,6 +42,7 @@ def quick_run(tmp_path_factory):
     return json.loads((folder / "r.json").read_text()), stdout.getvalue(), folder / "png"
 
 
+@pytest.mark.slow  # the quick run trains four models: 20 s
 def test_speed_rows_are_medians_of_their_repeats_and_the_tables_print_them(quick_run):
     results, stdout, _ = quick_run
     rows = results["speed"]["rows"]
@@ -57,6 +58,7 @@ def test_speed_rows_are_medians_of_their_repeats_and_the_tables_print_them(quick
     assert "O(n²·d)" in stdout
 
 
+@pytest.mark.slow  # the quick run trains four models: 20 s
 def test_generation_rows_are_printed_with_their_ratio(quick_run):
     results, stdout, _ = quick_run
     rows = results["generation"]["rows"]
@@ -107,6 +109,7 @@ def test_accuracy_is_the_fraction_of_last_position_predictions_equal_to_the_targ
     assert not model.training
 
 
+@pytest.mark.slow  # the quick run trains four models: 20 s
 def test_recall_scores_every_distance_for_four_models_of_matched_size(quick_run):
     recall = quick_run[0]["recall"]
     models = recall["models"]
@@ -122,6 +125,7 @@ def test_recall_scores_every_distance_for_four_models_of_matched_size(quick_run)
     assert max(sizes) <= 1.1 * min(sizes)
 
 
+@pytest.mark.slow  # the quick run trains four models: 20 s
 def test_png_per_part_is_a_real_png(quick_run):
     folder = quick_run[2]
     for name in ("speed.png", "generation.png", "recall.png"):

@@ -111,6 +111,7 @@ def test_ring_matches_single_process_attention_outputs_and_gradients(world, tmp_
     _launch_expecting_success(world, _parity_job, tmp_path)
 
 
+@pytest.mark.slow  # 12 s of process start-up
 def test_ring_runs_inside_a_process_subgroup(tmp_path):
     _launch_expecting_success(4, _subgroup_job, tmp_path)
 

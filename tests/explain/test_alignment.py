@@ -31,16 +31,9 @@ def _attnlab(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory) -> dict[str, str]:
+def checkpoints(tiny_translator_runs) -> dict[str, str]:
     """``{"transformer": DIR, "lstm": DIR}``: tiny translators trained for 5 steps."""
-    folders = {}
-    for arch in ("transformer", "lstm"):
-        out = tmp_path_factory.mktemp(f"translator-{arch}")
-        done = _attnlab("train", "translate", "--preset", "tiny", "--arch", arch, "--max-steps", "5",
-                        "--out", str(out))
-        assert done.returncode == 0, done.stderr
-        folders[arch] = str(out)
-    return folders
+    return tiny_translator_runs
 
 
 @pytest.fixture(scope="session")

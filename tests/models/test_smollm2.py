@@ -384,6 +384,7 @@ def test_cache_is_complete_detects_damage(tmp_path, how):
     assert smollm2_module.cache_is_complete(tmp_path) == (how == "intact")
 
 
+@pytest.mark.slow  # 13 s: dequantizes the whole GGUF file again
 def test_damaged_cache_is_rebuilt(smollm2, tmp_path, monkeypatch, capfd):
     """A cache folder cut short (here: weights truncated) is converted again from the GGUF."""
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))

@@ -24,18 +24,13 @@ SHOTS = Path("/tmp/translate-shots")
 
 
 @pytest.fixture(scope="module")
-def translators(tmp_path_factory):
-    """``{"transformer": part, "lstm": part}``: 5-step tiny translators (the numbers, not the
-    quality, are under test; 5 steps keep the module's training to seconds)."""
-    from attnlab.cli import main
+def translators(tiny_translator_runs):
+    """``{"transformer": part, "lstm": part}``: the session's 5-step tiny translators."""
     from attnlab.serve.models import load_checkpoint_part
 
     parts, taken = {}, set()
     for arch in ("transformer", "lstm"):
-        out = tmp_path_factory.mktemp(f"serve-translate-{arch}") / "run"
-        assert main(["train", "translate", "--preset", "tiny", "--arch", arch, "--max-steps", "5",
-                     "--out", str(out)]) == 0
-        parts[arch] = load_checkpoint_part(out, taken)
+        parts[arch] = load_checkpoint_part(tiny_translator_runs[arch], taken)
         taken.add(parts[arch].id)
     return parts
 
