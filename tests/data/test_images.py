@@ -243,7 +243,7 @@ def test_load_image_refuses_a_strip_whose_square_is_too_large(width, height):
 @pytest.mark.parametrize(("content", "message"), [
     (b"", "the picture is empty"),
     (b"hello, not a picture", "the picture is not an image file"),
-    (_png_bytes(20, 20)[:45], "cannot read image the picture"),  # cut inside the pixels
+    (_png_bytes(20, 20)[:45], "cannot read the picture: "),  # cut inside the pixels
 ], ids=["empty", "not-an-image", "truncated"])
 def test_load_image_bytes_errors_are_one_line(content, message):
     with pytest.raises(ImageDataError, match=message) as caught:

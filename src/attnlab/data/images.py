@@ -273,7 +273,8 @@ def load_image(source: str | os.PathLike | bytes, *, size: int = 28, channels: i
         raise ImageDataError(f"{name} is not an image file Pillow can read "
                              "(PNG, JPEG, GIF, BMP, ...)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageDataError(f"cannot read image {name}: {err}") from None
+        what = name if name == "the picture" else f"image {name}"  # bytes have no file name
+        raise ImageDataError(f"cannot read {what}: {err}") from None
     grey = torch.frombuffer(bytearray(picture.convert("L").tobytes()), dtype=torch.uint8)
     grey = grey.reshape(picture.height, picture.width).float()
     border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
