@@ -72,3 +72,4 @@ def browser_thread():
     yield pool, browser
     pool.submit(lambda: (browser.close(), playwright.stop())).result()
     pool.shutdown()
+

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from browser_pages import run_in_browser
 
 from attnlab.attention import edit
 from attnlab.explain.collect import build_explanation
@@ -103,26 +104,8 @@ def live(browser_thread, explorer):
     query="", locale=None)`` opens the explorer's page (``query``: "?lang=zh"; ``locale``: the
     browser's language); afterwards it asserts that every page opened stayed clean."""
     pool, browser = browser_thread
-
-    def run(body) -> None:
-        def work() -> None:
-            pages: list[LivePage] = []
-
-            def open_page(width: int = WIDE, query: str = "", locale: str | None = None) -> LivePage:
-                pages.append(LivePage(browser, explorer.url, width, query, locale))
-                return pages[-1]
-
-            try:
-                body(open_page)
-                for page in pages:
-                    assert page.problems == []
-            finally:
-                for page in pages:
-                    page.page.close()
-
-        pool.submit(work).result()
-
-    return run
+    return run_in_browser(pool, lambda width=WIDE, query="", locale=None:
+                          LivePage(browser, explorer.url, width, query, locale))
 
 
 def softmax(values: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import torch
+from browser_pages import run_in_browser
 from PIL import Image, ImageDraw
 
 from attnlab.attention import edit
@@ -237,26 +238,7 @@ def browse(browser_thread, server):
     """``browse(body)`` runs ``body(open_page)`` in the browser's thread; ``open_page(width, query)``
     opens the explorer; afterwards every page opened must have stayed clean."""
     pool, browser = browser_thread
-
-    def run(body) -> None:
-        def work() -> None:
-            pages: list[VisionPage] = []
-
-            def open_page(width: int = 1280, query: str = "") -> VisionPage:
-                pages.append(VisionPage(browser, server.url, width, query))
-                return pages[-1]
-
-            try:
-                body(open_page)
-                for page in pages:
-                    assert page.problems == []
-            finally:
-                for page in pages:
-                    page.page.close()
-
-        pool.submit(work).result()
-
-    return run
+    return run_in_browser(pool, lambda width=1280, query="": VisionPage(browser, server.url, width, query))
 
 
 def test_an_uploaded_png_shows_the_numbers_attnlab_classify_prints(browse, drawing, cli_predictions):

@@ -150,6 +150,24 @@ def read_weights(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, tor
     return tensors
 
 
+def empty_model(model_class: type, config, source: Path, error: type[Exception]) -> torch.nn.Module:
+    """``model_class(config)`` on the meta device (no memory, no random initialisation: every
+    weight comes from a file), refused with ``error`` (one line naming ``source``) when the
+    config is a combination the class cannot build or the model has more than
+    ``MAX_PARAMETERS`` parameters."""
+    try:
+        with torch.device("meta"):
+            model = model_class(config)
+    except (TypeError, ValueError, RuntimeError) as problem:  # a combination the config allowed
+        raise error(f"{source}: cannot build a {model_class.__name__} from it "
+                    f"({one_line(problem)})") from None
+    count = sum(t.numel() for t in model.state_dict().values())
+    if count > MAX_PARAMETERS:
+        raise error(f"{source} describes a model of {count:,} parameters, above the limit of "
+                    f"{MAX_PARAMETERS:,}")
+    return model
+
+
 class SafetensorsModel:
     """Mixin for ``nn.Module`` subclasses with a dataclass ``self.config`` of type ``config_class``.
 
@@ -201,17 +219,7 @@ class SafetensorsModel:
             raise SavedFileError(f"{folder} holds a {model_type or 'model of unknown type'!s:.60}, "
                                  f"not a {cls.__name__}")
         config = config_from_dict(cls.config_class, data, source=config_path)
-        try:
-            with torch.device("meta"):  # skip random initialisation: every weight comes from the file
-                model = cls(config)
-        except (TypeError, ValueError, RuntimeError) as error:  # a combination the config allowed
-            raise SavedFileError(f"{config_path}: cannot build a {cls.__name__} from it "
-                                 f"({one_line(error)})") from None
-        expected = model.state_dict()
-        count = sum(t.numel() for t in expected.values())
-        if count > MAX_PARAMETERS:
-            raise SavedFileError(f"{config_path} describes a model of {count:,} parameters, above "
-                                 f"the limit of {MAX_PARAMETERS:,}")
-        weights = read_weights(folder / WEIGHTS_FILE, expected)
+        model = empty_model(cls, config, config_path, SavedFileError)
+        weights = read_weights(folder / WEIGHTS_FILE, model.state_dict())
         model.load_state_dict(weights, strict=True, assign=True)
         return model.eval()

@@ -22,10 +22,7 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
-from attnlab.models.checkpoint import one_line
-from attnlab.models.config_check import MAX_PARAMETERS
+from attnlab.models.checkpoint import empty_model
 from attnlab.models.hf.architecture import Architecture
 from attnlab.models.hf.bert import BERT
 from attnlab.models.hf.files import CONFIG_FILE, ModelFolderError, WeightFiles, named, read_config
@@ -69,7 +66,7 @@ def load_folder(path: str | os.PathLike):
         raise ModelFolderError(f"{source}: model_type {model_type!r:.60} is not supported; attnlab loads "
                                f"{', '.join(sorted(ARCHITECTURES))}")
     config = architecture.config(hf, source, model_type)
-    model = _empty_model(architecture.model_class, config, source)
+    model = empty_model(architecture.model_class, config, source, ModelFolderError)
 
     weights = WeightFiles(folder)
     expected = architecture.tensors(config)
@@ -85,21 +82,6 @@ def load_folder(path: str | os.PathLike):
         tokenizer = decoder_tokenizer(folder, hf, config.vocab_size, config.max_positions)
     model.tokenizer = tokenizer
     return model.eval(), tokenizer
-
-
-def _empty_model(model_class: type, config, source: Path) -> torch.nn.Module:
-    """``model_class(config)`` on the meta device (no memory), at most ``MAX_PARAMETERS``."""
-    try:
-        with torch.device("meta"):  # skip random initialisation: every weight comes from the file
-            model = model_class(config)
-    except (TypeError, ValueError, RuntimeError) as error:  # a combination the config allowed
-        raise ModelFolderError(f"{source}: cannot build a {model_class.__name__} from it "
-                               f"({one_line(error)})") from None
-    count = sum(t.numel() for t in model.state_dict().values())
-    if count > MAX_PARAMETERS:
-        raise ModelFolderError(f"{source} describes a model of {count:,} parameters, above the limit of "
-                               f"{MAX_PARAMETERS:,}")
-    return model
 
 
 def _match_names(weights: WeightFiles, architecture: Architecture, config,
