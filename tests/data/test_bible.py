@@ -109,7 +109,9 @@ def test_clean_verse_drops_notes_titles_tags_entities_and_pilcrows():
 
 
 def test_aligned_non_empty_pair_count(pairs):
-    assert len(pairs) == 31084
+    # 31,084 slots hold a verse on both sides; realigning 197 of them in 22 chapters makes 193.
+    assert len(pairs) == 31084 - 197 + 193
+    assert sum(pair.verses for pair in pairs) == 31102  # every KJV verse, once
     assert len({(pair.book, pair.chapter) for pair in pairs}) == 1189
     assert len({pair.book for pair in pairs}) == 66
 
@@ -151,4 +153,76 @@ def test_split_holds_out_whole_documented_books_deterministically(pairs):
     assert books[1] == set(VALIDATION_BOOKS)
     assert not books[0] & books[1] and not books[0] & books[2] and not books[1] & books[2]
     assert 0.05 <= len(test) / len(pairs) <= 0.08
-    assert (len(train), len(validation), len(test)) == (29013, 452, 1619)
+    assert (len(train), len(validation), len(test)) == (29009, 452, 1619)
+
+
+def by_reference(pairs) -> dict[tuple[str, int, int], VersePair]:
+    return {(pair.book, pair.chapter, pair.verse): pair for pair in pairs}
+
+
+def test_jonah_follows_the_verses_not_the_slots(pairs):
+    jonah = by_reference(pairs)
+    # The Reina-Valera's 2:1 is the KJV's 1:17, its 2:2 the KJV's 2:1, and its last slot holds two.
+    assert jonah[("Jonah", 1, 17)].en.startswith("Now the LORD had prepared a great fish")
+    assert jonah[("Jonah", 1, 17)].es.startswith("MAS Jehová había prevenido un gran pez")
+    assert jonah[("Jonah", 2, 1)].es == "Y oró Jonás desde el vientre del pez á Jehová su Dios,"
+    assert jonah[("Jonah", 2, 8)].es.startswith("Los que guardan las vanidades ilusorias")
+    last = jonah[("Jonah", 2, 9)]
+    assert last.verses == 2 and ("Jonah", 2, 10) not in jonah
+    assert last.en.endswith("it vomited out Jonah upon the dry land.")
+    assert last.es.endswith("Y mandó Jehová al pez, y vomitó á Jonás en tierra.")
+
+
+def test_other_known_shifts_are_realigned(pairs):
+    verse = by_reference(pairs)
+    # Numbers 12:16 is the Reina-Valera's 13:1; Hosea 11:12 its 12:1; 1 Samuel 23:29 its 24:1.
+    assert verse[("Numbers", 12, 16)].es.startswith("Y DESPUÉS movió el pueblo de Haseroth")
+    assert verse[("Numbers", 13, 1)].es == "Y Jehová habló á Moisés, diciendo:"
+    assert verse[("Hosea", 11, 12)].es.startswith("CERCÓME Ephraim con mentira")
+    assert verse[("1 Samuel", 23, 29)].es.startswith("ENTONCES David subió de allí")
+    # Job 38:39-41 open the Reina-Valera's Job 39, and Job 40:1-5 close it, all in its last slot.
+    assert verse[("Job", 38, 39)].es.startswith("¿CAZARÁS tú la presa para el león?")
+    job = verse[("Job", 39, 27)]
+    assert job.verses == 9 and job.es.endswith("aun dos veces, mas no tornaré á hablar.")
+    assert verse[("Job", 40, 6)].es.startswith("ENTONCES respondió Jehová á Job desde la oscuridad")
+    assert verse[("Job", 40, 24)].es == "¿Tomarálo alguno por sus ojos en armadijos, y horadará su nariz?"
+    # A verse split elsewhere: the Reina-Valera's Judges 14:18 ends in the KJV's 14:18.
+    assert verse[("Judges", 14, 18)].es.endswith("nunca hubierais descubierto mi enigma.")
+
+
+def test_headings_and_subscriptions_do_not_move_verses(pairs):
+    verse = by_reference(pairs)
+    # A psalm heading or a letter's closing note makes one side much longer, not shifted.
+    assert verse[("Psalms", 18, 1)].es.endswith("AMARTE he, oh Jehová, fortaleza mía.")
+    assert verse[("Psalms", 18, 2)].verses == 1
+    assert verse[("Romans", 16, 27)].es.startswith("Al solo Dios sabio, sea gloria")
+    assert verse[("Titus", 3, 15)].es.startswith("Todos los que están conmigo te saludan.")
+    assert verse[("2 Samuel", 18, 33)].es.startswith("Entonces el rey se turbó")
+
+
+def test_a_realignment_table_that_does_not_fit_is_one_error(tmp_path, monkeypatch):
+    from attnlab.data import bible
+
+    table = tmp_path / "realignment.json"
+    table.write_text('[{"en": [["Jonah", 1, 18]], "es": [["Jonah", 2, 1]]}]')
+    monkeypatch.setattr(bible, "REALIGNMENT", table)
+    with pytest.raises(BibleDataError, match="does not fit the installed SWORD modules"):
+        verse_pairs()
+    overlapping = '{"en": [["Jonah", 1, 17]], "es": [["Jonah", 2, 1]]}'
+    table.write_text(f"[{overlapping}, {overlapping}]")
+    with pytest.raises(BibleDataError, match="overlaps an earlier group"):
+        verse_pairs()
+    table.write_text("[{")
+    with pytest.raises(BibleDataError, match=r"realignment\.json"):
+        verse_pairs()
+
+
+@pytest.mark.slow
+def test_the_stored_table_is_what_the_alignment_finds():
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[2] / "scripts" / "realign_verses.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "193 groups in 22 chapters" in result.stdout

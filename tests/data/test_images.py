@@ -45,18 +45,21 @@ def test_read_idx_uint8_gzip_and_plain(tmp_path):
 
 
 def test_read_idx_big_endian_int32(tmp_path):
-    numbers = [1, -2, 70000, 2 ** 31 - 1]
+    numbers = [1, -2, 70000, 2**31 - 1]
     raw = _idx_bytes(0x0C, (4,), b"".join(struct.pack(">i", n) for n in numbers))
     (tmp_path / "b.idx").write_bytes(raw)
     assert read_idx(tmp_path / "b.idx").tolist() == numbers
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "not an IDX file"),
-    (b"\x01\x02\x08\x01", "not an IDX file"),
-    (bytes([0, 0, 0x08, 2]) + struct.pack(">I", 3), "truncated inside its header"),
-    (_idx_bytes(0x08, (2, 2), b"\x00\x01\x02"), "holds 3 bytes of values"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "not an IDX file"),
+        (b"\x01\x02\x08\x01", "not an IDX file"),
+        (bytes([0, 0, 0x08, 2]) + struct.pack(">I", 3), "truncated inside its header"),
+        (_idx_bytes(0x08, (2, 2), b"\x00\x01\x02"), "holds 3 bytes of values"),
+    ],
+)
 def test_read_idx_rejects_damaged_files(tmp_path, content, message):
     path = tmp_path / "bad.idx"
     path.write_bytes(content)
@@ -180,11 +183,14 @@ def test_load_image_squares_resizes_and_inverts_a_dark_drawing(tmp_path):
     assert kept[0, 14, 14] < 60 and kept[0, 0, 0] > 220
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda p: p.write_bytes(b""), "is empty"),
-    (lambda p: p.write_text("hello, not a picture"), "not an image file"),
-    (lambda p: None, "no such file"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (lambda p: p.write_text("hello, not a picture"), "not an image file"),
+        (lambda p: None, "no such file"),
+    ],
+)
 def test_load_image_errors_are_one_line(tmp_path, make, message):
     path = tmp_path / "picture.png"
     make(path)
@@ -194,7 +200,7 @@ def test_load_image_errors_are_one_line(tmp_path, make, message):
 
 
 def test_load_image_refuses_a_huge_picture(tmp_path):
-    side = int(MAX_IMAGE_PIXELS ** 0.5) + 10
+    side = int(MAX_IMAGE_PIXELS**0.5) + 10
     path = tmp_path / "huge.png"
     Image.new("L", (side, side)).save(path)
     with pytest.raises(ImageDataError, match="more than"):
@@ -235,16 +241,20 @@ def test_load_image_refuses_a_side_longer_than_the_bound():
 @pytest.mark.parametrize(("width", "height"), [(1, 7500), (7500, 1)])
 def test_load_image_refuses_a_strip_whose_square_is_too_large(width, height):
     """A 1 x 7500 strip has few pixels, but padding it to a square would make 56 million."""
-    assert width * height < MAX_IMAGE_PIXELS < 7500 ** 2 and MAX_IMAGE_SIDE >= 7500
+    assert width * height < MAX_IMAGE_PIXELS < 7500**2 and MAX_IMAGE_SIDE >= 7500
     with pytest.raises(ImageDataError, match="padded to a square it would have 56,250,000 pixels"):
         load_image(_png_bytes(width, height))
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "the picture is empty"),
-    (b"hello, not a picture", "the picture is not an image file"),
-    (_png_bytes(20, 20)[:45], "cannot read the picture: "),  # cut inside the pixels
-], ids=["empty", "not-an-image", "truncated"])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the picture is empty"),
+        (b"hello, not a picture", "the picture is not an image file"),
+        (_png_bytes(20, 20)[:45], "cannot read the picture: "),  # cut inside the pixels
+    ],
+    ids=["empty", "not-an-image", "truncated"],
+)
 def test_load_image_bytes_errors_are_one_line(content, message):
     with pytest.raises(ImageDataError, match=message) as caught:
         load_image(content)

