@@ -23,6 +23,7 @@ Three parts (``--part``, default ``all``):
 
     python benchmarks/rnn_vs_attention.py --json /tmp/rnn.json --png /tmp/rnn-png
     python benchmarks/rnn_vs_attention.py --part speed --n 256,1024 --repeats 3
+    python benchmarks/rnn_vs_attention.py --part recall --seeds 0,1,2   (mean and spread over seeds)
     python benchmarks/rnn_vs_attention.py --quick            (smoke run: small sizes, seconds)
 """
 
@@ -446,8 +447,8 @@ class RecallSetup:
     warmup_steps: int = 50
 
 
-def recall_models(task: RecallTask, setup: RecallSetup) -> dict[str, nn.Module]:
-    """The four models, each from the same seed; the LSTM sized to match the attention models."""
+def recall_models(task: RecallTask, setup: RecallSetup, seed: int = SEED) -> dict[str, nn.Module]:
+    """The four models, each from ``seed``; the LSTM sized to match the attention models."""
     builders = {
         "full attention": lambda: AttentionRecaller(task, setup.dim, setup.heads, setup.layers),
         f"window {setup.window}": lambda: AttentionRecaller(task, setup.dim, setup.heads, setup.layers,
@@ -457,20 +458,21 @@ def recall_models(task: RecallTask, setup: RecallSetup) -> dict[str, nn.Module]:
     }
     models = {}
     for name, build in builders.items():
-        torch.manual_seed(SEED)
+        torch.manual_seed(seed)
         models[name] = build()
     hidden = matched_lstm_hidden(task, setup.layers, count_parameters(models["full attention"]))
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     models[f"LSTM {hidden}"] = LSTMRecaller(task, hidden, setup.layers)
     return models
 
 
-def train_for(model: nn.Module, task: RecallTask, setup: RecallSetup, seconds: float, name: str) -> dict:
+def train_for(model: nn.Module, task: RecallTask, setup: RecallSetup, seconds: float, name: str,
+              seed: int = SEED) -> dict:
     """Train ``model`` with AdamW (linear warm-up, then constant) on fresh
     :meth:`RecallTask.sample_training` batches until its steps have taken ``seconds`` (drawing
-    the data is not counted). Every model sees the same stream of batches from the same seed;
+    the data is not counted). Every model sees the same stream of batches from ``seed``;
     they differ in how far into it they get."""
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, weight_decay=0.0)
     model.train()
     spent, step, losses, next_report = 0.0, 0, [], 10.0
@@ -510,22 +512,42 @@ def accuracy(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor, batc
 
 
 def measure_recall(distances: list[int], train_seconds: float, eval_sequences: int, window: int,
-                   task: RecallTask | None = None) -> dict:
-    """Train the four models for the same time, then their held-out accuracy per distance."""
+                   task: RecallTask | None = None, seeds: list[int] | tuple[int, ...] = (SEED,)) -> dict:
+    """Train the four models for the same time, then their held-out accuracy per distance; once
+    per seed (the weights and the training stream change with it, the held-out sets do not).
+
+    Each model's ``accuracy`` is the mean over the seeds per distance, ``accuracy_min`` and
+    ``accuracy_max`` the spread, ``runs`` every seed's own result.
+    """
     task = task or RecallTask()
     setup = RecallSetup(window=window)
-    models = recall_models(task, setup)
     held_out = held_out_sets(task, distances, eval_sequences)
+    runs: dict[str, list[dict]] = {}
+    for seed in seeds:
+        for name, model in recall_models(task, setup, seed).items():
+            log(f"recall {name}, seed {seed}: {count_parameters(model):,} parameters, "
+                f"training {train_seconds:g} s")
+            training = train_for(model, task, setup, train_seconds, name, seed)
+            scores = {str(d): accuracy(model, *held_out[d]) for d in distances}
+            log(f"recall {name}, seed {seed}: {training['steps']} steps, accuracy "
+                + ", ".join(f"d={d} {score:.2f}" for d, score in scores.items()))
+            runs.setdefault(name, []).append({"seed": seed, "parameters": count_parameters(model),
+                                              **training, "accuracy": scores})
     results = {}
-    for name, model in models.items():
-        log(f"recall {name}: {count_parameters(model):,} parameters, training {train_seconds:g} s")
-        training = train_for(model, task, setup, train_seconds, name)
-        scores = {str(d): accuracy(model, *held_out[d]) for d in distances}
-        log(f"recall {name}: {training['steps']} steps, accuracy "
-            + ", ".join(f"d={d} {score:.2f}" for d, score in scores.items()))
-        results[name] = {"parameters": count_parameters(model), **training, "accuracy": scores}
+    for name, per_seed in runs.items():
+        by_d = {str(d): [run["accuracy"][str(d)] for run in per_seed] for d in distances}
+        results[name] = {
+            "parameters": per_seed[0]["parameters"],
+            "steps": statistics.mean(run["steps"] for run in per_seed),
+            "seconds": statistics.mean(run["seconds"] for run in per_seed),
+            "final_loss": statistics.mean(run["final_loss"] for run in per_seed),
+            "accuracy": {d: statistics.mean(values) for d, values in by_d.items()},
+            "accuracy_min": {d: min(values) for d, values in by_d.items()},
+            "accuracy_max": {d: max(values) for d, values in by_d.items()},
+            "runs": per_seed,
+        }
     return {"task": asdict(task), "setup": asdict(setup), "distances": distances,
-            "eval_sequences": eval_sequences, "train_seconds": train_seconds,
+            "eval_sequences": eval_sequences, "train_seconds": train_seconds, "seeds": list(seeds),
             "chance": 1 / task.values, "models": results}
 
 
@@ -597,13 +619,23 @@ def recall_table(recall: dict) -> str:
              f"LSTM: {recall['setup']['layers']} layers, width chosen to match the parameters.",
              "",
              "| model | parameters | steps | final training loss |", "|---|---:|---:|---:|"]
+    seeds = recall.get("seeds", [SEED])
     for name, result in models.items():
-        lines.append(f"| {name} | {result['parameters']:,} | {result['steps']:,} | "
+        lines.append(f"| {name} | {result['parameters']:,} | {result['steps']:,.0f} | "
                      f"{result['final_loss']:.3f} |")
+    if len(seeds) > 1:
+        lines += ["", f"Seeds {', '.join(map(str, seeds))}: steps and loss are means; each accuracy "
+                  "is the mean over the seeds, with the lowest and highest seed in brackets."]
+
+    def cell(result: dict, d: int) -> str:
+        mean = f"{result['accuracy'][str(d)]:.3f}"
+        if len(seeds) == 1:
+            return mean
+        return f"{mean} ({result['accuracy_min'][str(d)]:.3f}–{result['accuracy_max'][str(d)]:.3f})"
+
     lines += ["", "| d | " + " | ".join(models) + " |", "|---:|" + "---:|" * len(models)]
     for d in distances:
-        lines.append(f"| {d} | " + " | ".join(f"{result['accuracy'][str(d)]:.3f}"
-                                              for result in models.values()) + " |")
+        lines.append(f"| {d} | " + " | ".join(cell(result, d) for result in models.values()) + " |")
     lines += ["",
               f"The window model's query sees keys at distance ≤ {window} in one layer and at most "
               f"{2 * window} through its two layers, so for d > {2 * window} the pair is out of "
@@ -662,8 +694,12 @@ def plot_recall(recall: dict, path: Path) -> None:
     styles = zip(("o", "s", "^", "D"), (11, 8, 6, 4), (4.0, 2.5, 1.5, 1.0), ("-", "--", "-.", ":"),
                  strict=True)
     for (name, result), (marker, size, width, line) in zip(recall["models"].items(), styles, strict=False):
-        axes.plot(distances, [result["accuracy"][str(d)] for d in distances], marker=marker,
-                  markersize=size, linewidth=width, linestyle=line, label=name)
+        (drawn,) = axes.plot(distances, [result["accuracy"][str(d)] for d in distances], marker=marker,
+                             markersize=size, linewidth=width, linestyle=line, label=name)
+        if len(recall.get("seeds", [SEED])) > 1:  # the band from the lowest seed to the highest
+            axes.fill_between(distances, [result["accuracy_min"][str(d)] for d in distances],
+                              [result["accuracy_max"][str(d)] for d in distances],
+                              color=drawn.get_color(), alpha=0.15, linewidth=0)
     axes.axhline(recall["chance"], color="grey", linestyle=":", label="chance")
     axes.axvline(2 * recall["setup"]["window"], color="grey", linestyle="--", linewidth=0.8,
                  label="window model's reach (2 layers)")
@@ -686,6 +722,16 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def seed_list(text: str) -> list[int]:
+    try:
+        values = [int(item) for item in text.split(",") if item]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct integers >= 0, got {text!r}")
     return values
 
 
@@ -715,6 +761,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "more pairs fill a fixed-size state: linear attention's and the LSTM's)")
     parser.add_argument("--train-seconds", type=float, help="recall training seconds per model (default 120)")
     parser.add_argument("--eval-sequences", type=int, help="held-out recall sequences per d (default 500)")
+    parser.add_argument("--seeds", type=seed_list, default=[SEED],
+                        help=f"recall: train every model once per seed, report mean and spread "
+                             f"(comma-separated, default {SEED})")
     parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--png", metavar="DIR", help="also write one PNG per part into DIR")
@@ -761,7 +810,8 @@ def main(argv: list[str] | None = None) -> dict:
         plots.append((plot_generation, results["generation"], "generation.png"))
     if "recall" in parts:
         results["recall"] = measure_recall(args.distances, args.train_seconds, args.eval_sequences,
-                                           args.window, RecallTask(keys=args.keys, pairs=args.pairs))
+                                           args.window, RecallTask(keys=args.keys, pairs=args.pairs),
+                                           seeds=args.seeds)
         tables.append(recall_table(results["recall"]))
         plots.append((plot_recall, results["recall"], "recall.png"))
     print("\n\n".join(tables))

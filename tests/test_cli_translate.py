@@ -142,10 +142,35 @@ def test_eval_scores_the_librarys_translations_with_sacrebleu(run_dir, translato
                                         f"  out  {row['hypothesis']}"]
 
 
+def test_eval_on_the_validation_books_with_a_length_penalty(run_dir, translator, tmp_path):
+    from attnlab.data.bible import VALIDATION_BOOKS
+
+    saved = tmp_path / "validation.json"
+    done = attnlab_process("eval", "translate", "--checkpoint", str(run_dir), "--split", "validation",
+                           "--max-sentences", "12", "--beam", "2", "--length-penalty", "0.5",
+                           "--translations", str(saved), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["split"] == "validation" and result["books"] == list(VALIDATION_BOOKS)
+    assert result["length_penalty"] == 0.5 and result["sentences"] == 12
+    verses = json.loads(saved.read_text(encoding="utf-8"))["translations"]
+    assert {verse["ref"].rsplit(" ", 1)[0] for verse in verses} <= set(VALIDATION_BOOKS)
+    assert len({verse["ref"].rsplit(" ", 1)[0] for verse in verses}) == len(VALIDATION_BOOKS)
+    hypotheses = library_translations(translator, [verse["en"] for verse in verses], beam=2,
+                                      length_penalty=0.5)
+    assert [verse["hypothesis"] for verse in verses] == hypotheses
+    text = attnlab_process("eval", "translate", "--checkpoint", str(run_dir), "--split", "validation",
+                           "--max-sentences", "4", "--length-penalty", "0")
+    assert text.returncode == 0, text.stderr
+    assert f"validation  {', '.join(VALIDATION_BOOKS)}: 4 verses, beam 4, length penalty 0" in text.stdout
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["translate", "--checkpoint", "{run}", "   "], "TEXT must not be empty"),
     (["translate", "--checkpoint", "{missing}", "Hello"], "does not exist"),
     (["eval", "translate", "--checkpoint", "{missing}"], "does not exist"),
+    (["eval", "translate", "--checkpoint", "{run}", "--length-penalty", "-1"], ">= 0"),
+    (["eval", "translate", "--checkpoint", "{run}", "--split", "train"], "invalid choice: 'train'"),
     (["train", "translate", "--preset", "huge"], "unknown preset 'huge'; choose from: tiny, base"),
     (["train", "translate", "--preset", "tiny", "--out", "{run}"], "already holds checkpoints"),
     (["train", "translate", "--preset", "tiny", "--arch", "lstm", "--out", "{run}", "--resume"],

@@ -192,3 +192,23 @@ def test_window_model_cannot_see_beyond_its_two_windows():
     assert tokens[0, edge, 0] >= task.keys and tokens[0, 0, 0] >= task.keys
     assert not torch.allclose(last_logits_after_changing(windowed, tokens, edge, task), windowed_before)
     assert not torch.allclose(last_logits_after_changing(full, tokens, 0, task), full_before)
+
+
+def test_recall_over_seeds_reports_each_seed_and_their_mean_and_spread(capsys):
+    torch.set_num_threads(1)
+    recall = bench.measure_recall([8, 64], train_seconds=0.3, eval_sequences=20, window=32, seeds=[0, 3])
+    assert recall["seeds"] == [0, 3]
+    for result in recall["models"].values():
+        runs = result["runs"]
+        assert [run["seed"] for run in runs] == [0, 3]
+        # Another seed: other initial weights and another training stream, so another loss.
+        assert runs[0]["final_loss"] != runs[1]["final_loss"]
+        for d in ("8", "64"):
+            scores = [run["accuracy"][d] for run in runs]
+            assert result["accuracy"][d] == pytest.approx(statistics.mean(scores))
+            assert (result["accuracy_min"][d], result["accuracy_max"][d]) == (min(scores), max(scores))
+    table = bench.recall_table(recall)
+    assert "Seeds 0, 3: steps and loss are means" in table
+    full = recall["models"]["full attention"]
+    assert (f"| 8 | {full['accuracy']['8']:.3f} ({full['accuracy_min']['8']:.3f}–"
+            f"{full['accuracy_max']['8']:.3f}) |") in table

@@ -80,8 +80,9 @@ def test_explicit_mask_lets_pad_id_appear_in_source():
     assert not torch.allclose(with_mask, model(src, TARGETS_IN[:1]), atol=1e-3)
 
 
-def test_attention_weights_sum_to_one_over_real_tokens():
-    model = make_model()
+@pytest.mark.parametrize("attention", ["bahdanau", "luong"])
+def test_attention_weights_sum_to_one_over_real_tokens(attention):
+    model = make_model(attention=attention)
     src = right_pad(SOURCES, width=7)
     weights = model.attention_weights(src, TARGETS_IN)
     real = src != PAD
@@ -90,14 +91,53 @@ def test_attention_weights_sum_to_one_over_real_tokens():
     assert (weights.masked_select(real[:, None, :].expand_as(weights)) > 0).all()
 
 
-def test_forward_equals_stepping_decode_step():
-    model = make_model()
+@pytest.mark.parametrize("attention", ["bahdanau", "luong"])
+def test_forward_equals_stepping_decode_step(attention):
+    # Luong's training path runs the LSTM over the whole target at once: it must match the steps.
+    model = make_model(attention=attention)
     src = right_pad(SOURCES, width=6)
     expected = model(src, TARGETS_IN)
     state = model.encode(src)
     for t in range(TARGETS_IN.shape[1]):
         logits, state = model.decode_step(TARGETS_IN[:, t], state)
         assert torch.allclose(logits, expected[:, t], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong"])
+def test_teacher_forcing_zero_feeds_the_models_own_guesses_in_training_only(attention):
+    src = right_pad(SOURCES, width=6)
+    # No dropout: training mode differs from evaluation only in what the decoder is fed.
+    model = make_model(teacher_forcing=0.0, attention=attention).train()
+    fed_own = model(src, TARGETS_IN)
+    # By hand: BOS first, then each step's most likely token, except where the target is padding.
+    state = model.encode(src)
+    tokens = TARGETS_IN[:, 0]
+    for t in range(TARGETS_IN.shape[1]):
+        logits, state = model.decode_step(tokens, state)
+        assert torch.allclose(logits, fed_own[:, t], atol=1e-5, rtol=0)
+        if t + 1 < TARGETS_IN.shape[1]:
+            nxt = TARGETS_IN[:, t + 1]
+            tokens = torch.where(nxt != PAD, logits.argmax(dim=-1), nxt)
+    assert not torch.allclose(fed_own, model.eval()(src, TARGETS_IN))  # evaluation: the reference
+    assert torch.allclose(make_model(teacher_forcing=1.0, attention=attention).train()(src, TARGETS_IN),
+                          make_model(attention=attention).eval()(src, TARGETS_IN), atol=1e-6)
+
+
+def test_teacher_forcing_half_mixes_both_and_keeps_gradients():
+    torch.manual_seed(1)
+    model = make_model(teacher_forcing=0.5).train()
+    src, tgt_out = right_pad(SOURCES), right_pad([[5, 6, 7, 8, EOS], [9, 10, EOS], [4, 3, 12, 11, 10, EOS]])
+    loss = model.loss(src, TARGETS_IN, tgt_out)
+    loss.backward()
+    assert torch.isfinite(loss) and model.embed.weight.grad.abs().sum() > 0
+    # Seeded, so the same mixture: different from the reference-fed logits in a later step only.
+    torch.manual_seed(1)
+    mixed = model(src, TARGETS_IN)
+    reference = model.eval()(src, TARGETS_IN)
+    assert torch.allclose(mixed[:, :1], reference[:, :1], atol=1e-6)
+    assert not torch.allclose(mixed, reference, atol=1e-3)
+    with pytest.raises(ValueError, match="teacher_forcing must be in"):
+        make_config(teacher_forcing=1.5)
 
 
 def test_reorder_state_selects_batch_rows():
@@ -166,15 +206,17 @@ def as_batch(pairs: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, to
             right_pad([[*t, EOS] for _, t in pairs]))
 
 
-@pytest.fixture(scope="module")
-def reverser() -> tuple[LSTMSeq2Seq, list[tuple[list[int], list[int]]]]:
-    """A tiny model trained to reverse 12 digit strings (overfits them in a few seconds)."""
+@pytest.fixture(scope="module", params=["bahdanau", "luong"])
+def reverser(request) -> tuple[LSTMSeq2Seq, list[tuple[list[int], list[int]]]]:
+    """A tiny model of each attention trained to reverse 12 digit strings (overfits them in a few
+    seconds)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the time budget holds on one core
     pairs = reversal_pairs(12, seed=1)
     src, tgt_in, tgt_out = as_batch(pairs)
     torch.manual_seed(0)
-    model = LSTMSeq2Seq(make_config(embed_dim=24, hidden_dim=32, num_layers=1, label_smoothing=0.0))
+    model = LSTMSeq2Seq(make_config(embed_dim=24, hidden_dim=32, num_layers=1, label_smoothing=0.0,
+                                    attention=request.param))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
         optimizer.zero_grad()

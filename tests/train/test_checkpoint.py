@@ -100,6 +100,40 @@ def test_round_trip_restores_weights_optimizer_moments_and_every_rng(tmp_path):
     assert np.array_equal(got[4], expected[4])
 
 
+def test_a_muon_optimizer_round_trips_both_of_its_parts(tmp_path):
+    config = toy_config(optimizer="muon")
+
+    def muon_optimizer(model):
+        return build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas,
+                               device=CPU, kind="muon")
+
+    model = toy_model(seed=0)
+    optimizer = muon_optimizer(model)
+    task = ToyTask()
+    for step in range(3):
+        accumulate_gradients(model, task, task.train_batch(step, 0, 1), 1)
+        optimizer.step()
+        optimizer.zero_grad()
+    seed_everything(1234)
+    folder = save_checkpoint(tmp_path, step=3, model=model, optimizer=optimizer, train_config=config,
+                             rng_states=[capture_rng()])
+    saved = {"state": {index: {key: value.clone() for key, value in entry.items()}
+                       for index, entry in optimizer.state_dict()["state"].items()}}
+    expected = _next_draws(model, optimizer)  # steps the optimizer: its live state changes
+    fresh = toy_model(seed=99)
+    fresh_optimizer = muon_optimizer(fresh)
+    restore_training_state(folder, fresh, fresh_optimizer, config, rank=0, world_size=1)
+    restored = fresh_optimizer.state_dict()
+    assert restored["state"].keys() == saved["state"].keys()
+    kinds = {tuple(sorted(value)) for value in restored["state"].values()}
+    assert kinds == {("momentum_buffer",), ("exp_avg", "exp_avg_sq", "step")}  # Muon's and AdamW's
+    for index, value in saved["state"].items():
+        assert all(torch.equal(restored["state"][index][key], value[key]) for key in value)
+    got = _next_draws(fresh, fresh_optimizer)
+    assert torch.equal(got[0], expected[0])
+    assert all(torch.equal(got[1][name], expected[1][name]) for name in expected[1])
+
+
 def test_manifest_lists_every_file_with_its_size(trained_run):
     folder = checkpoint_folder(trained_run, 20)
     manifest = json.loads((folder / MANIFEST_FILE).read_text())

@@ -255,16 +255,17 @@ def test_bf16_runs_the_forward_pass_under_autocast(tmp_path):
     assert result.val_loss < math.log(12)
 
 
-def test_resume_in_process_continues_the_same_losses(tmp_path, capsys):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_in_process_continues_the_same_losses(tmp_path, capsys, optimizer):
     reference = tmp_path / "reference"
-    train(toy_model(dropout=0.1), ToyTask(), toy_config(max_steps=20), reference, device="cpu")
+    config = toy_config(max_steps=20, optimizer=optimizer)
+    train(toy_model(dropout=0.1), ToyTask(), config, reference, device="cpu")
     resumed = tmp_path / "resumed"
     shutil.copytree(reference, resumed)
     shutil.rmtree(checkpoint_folder(resumed, 20))
     capsys.readouterr()
     task = ToyTask()
-    result = train(toy_model(seed=5, dropout=0.1), task, toy_config(max_steps=20), resumed, resume=True,
-                   device="cpu")
+    result = train(toy_model(seed=5, dropout=0.1), task, config, resumed, resume=True, device="cpu")
     assert "resuming from step 10" in capsys.readouterr().err
     assert task.requested[0] == (10, 0, 1)
     assert result.final_step == 20
@@ -272,6 +273,26 @@ def test_resume_in_process_continues_the_same_losses(tmp_path, capsys):
     assert [r["step"] for r in got] == list(range(1, 21))  # the old lines after step 10 were replaced
     for old, new in zip(expected, got, strict=True):
         assert new["loss"] == pytest.approx(old["loss"], abs=1e-6)
+
+
+def test_muon_trains_the_matrices_and_adamw_the_rest(tmp_path):
+    from attnlab.train.optim import MuonWithAdamW, build_optimizer
+
+    model = toy_model()
+    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95), device=CPU,
+                                kind="muon")
+    assert isinstance(optimizer, MuonWithAdamW)
+    muon_params = {id(p) for p in optimizer.muon.param_groups[0]["params"]}
+    for name, param in model.named_parameters():
+        hidden_matrix = param.dim() == 2 and "embed" not in name
+        assert (id(param) in muon_params) == hidden_matrix, name
+    # Muon steps are scaled to AdamW's size; on this toy it wants a larger rate than AdamW's 1e-2.
+    config = toy_config(optimizer="muon", lr=5e-2, min_lr=5e-3)
+    result = train(toy_model(), ToyTask(), config, tmp_path / "run", device="cpu")
+    losses = [row["loss"] for row in read_metrics(result.metrics_path) if row.get("loss") is not None]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.8
+    with pytest.raises(ValueError, match="optimizer must be 'adamw' or 'muon'"):
+        toy_config(optimizer="sgd")
 
 
 @pytest.mark.cuda

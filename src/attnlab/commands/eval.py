@@ -13,6 +13,7 @@ from attnlab.commands.common import (
     add_checkpoint_argument,
     add_force_argument,
     check_output,
+    non_negative_float,
     positive_int,
 )
 from attnlab.data.shakespeare import VALIDATION_WORKS
@@ -58,7 +59,8 @@ def run_eval_translate(args: argparse.Namespace) -> None:
     if args.translations:  # before the long translation, so that a refusal costs nothing
         check_output(args.translations, "--translations", force=args.force, suffix=".json")
     result = evaluate_translation(load_translator(args.checkpoint), args.max_sentences, args.beam,
-                                  progress=_progress_on_stderr)
+                                  progress=_progress_on_stderr, split=args.split,
+                                  length_penalty=args.length_penalty)
     if args.translations:
         try:
             write_json(args.translations, result, force=args.force, what="the translations")
@@ -70,8 +72,9 @@ def run_eval_translate(args: argparse.Namespace) -> None:
         return
     print(f"checkpoint  {result['checkpoint']} (step {result['step']}, preset {result['preset']}, "
           f"{result['arch']})")
-    print(f"test books  {', '.join(result['test_books'])}: {result['sentences']} verses, "
-          f"beam {result['beam']}")
+    label = "test books" if result["split"] == "test" else "validation"
+    print(f"{label:<11} {', '.join(result['books'])}: {result['sentences']} verses, "
+          f"beam {result['beam']}, length penalty {result['length_penalty']:g}")
     print(f"BLEU        {result['bleu']:.2f}  ({result['bleu_signature']})")
     print(f"chrF        {result['chrf']:.2f}  ({result['chrf_signature']})")
     print("by source length (English words):")
@@ -155,7 +158,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     translate = kinds.add_parser(
         "translate",
         help="a translator's BLEU and chrF on the held-out Bible books",
-        description="Translate the verses of the held-out test books with beam search and score "
+        description="Translate the verses of the held-out test books (or, with --split validation, "
+        "the validation books) with beam search and score "
         "them against the Reina-Valera 1909 with sacreBLEU's corpus BLEU and chrF (signatures "
         "printed), overall and by source length in English words; shows the best and worst "
         "verses by sentence chrF.",
@@ -165,6 +169,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="score N verses spread evenly over the test books (default: all)")
     translate.add_argument("--beam", type=positive_int, metavar="N", default=4,
                            help="beams in beam search (default: 4)")
+    translate.add_argument("--length-penalty", type=non_negative_float, metavar="A", default=1.0,
+                           help="GNMT length penalty of beam search: hypotheses are ranked by "
+                           "log-probability / ((5 + length) / 6) ** A; 0 ranks by log-probability "
+                           "alone (default: 1.0)")
+    translate.add_argument("--split", choices=("test", "validation"), default="test",
+                           help="the verses to score: the held-out test books (default), or the "
+                           "validation books (to choose --beam and --length-penalty without "
+                           "looking at the test books)")
     translate.add_argument("--translations", metavar="FILE", default=None,
                            help="also write the results with every verse's source, reference and "
                            "translation to FILE (JSON)")

@@ -18,6 +18,17 @@ uses the decoder's top-layer state *before* the step (``s_{t-1}`` in the paper).
 projects into ``embed_dim``, so the output layer can always share the embedding matrix whatever
 ``hidden_dim`` is. Source and target share one vocabulary.
 
+With ``attention="luong"`` the decoder is Luong, Pham & Manning's (2015, "Effective Approaches to
+Attention-based Neural Machine Translation": global attention, "general" score, no input feeding)::
+
+    s = LSTM(embed[y], s)                               the LSTM sees only the tokens ...
+    a = softmax(s_top . U h_j masked at padding)        ... and attention reads its new state
+    ctx = sum_j a_j h_j;  out, logits as above
+
+Its decoder LSTM does not wait for the attention, so training runs it over the whole target in
+one ``nn.LSTM`` call and computes every position's attention at once: several times faster per
+step on a CPU than Bahdanau's step-by-step loop, which matters at a fixed time budget.
+
 The API mirrors :class:`attnlab.models.seq2seq.Seq2SeqTransformer`: :meth:`LSTMSeq2Seq.encode`,
 :meth:`~LSTMSeq2Seq.decode_step` and :meth:`~LSTMSeq2Seq.reorder_state` plug into
 :func:`attnlab.models.decoding.greedy_decode` and :func:`~attnlab.models.decoding.beam_search`.
@@ -36,6 +47,8 @@ from attnlab.models.checkpoint import SafetensorsModel
 from attnlab.models.config_check import check_config_fields
 from attnlab.models.seq2seq import check_translation_fields
 
+ATTENTION_KINDS = ("bahdanau", "luong")
+
 
 @dataclass
 class LSTMSeq2SeqConfig:
@@ -43,7 +56,13 @@ class LSTMSeq2SeqConfig:
 
     ``vocab_size`` is shared by source and target. ``dropout`` applies to embeddings, between
     LSTM layers and before the output layer, in training mode only. ``max_positions`` bounds
-    decoding length (the model itself has no positional limit).
+    decoding length (the model itself has no positional limit). ``teacher_forcing`` is the
+    chance, per target position and row, that training feeds the decoder the reference token; the
+    rest of the time it feeds the model's own most likely token from the step before (scheduled
+    sampling, Bengio et al. 2015), so that training sees the model's mistakes as decoding will.
+    1.0, the default, is plain teacher forcing; evaluation mode always feeds the reference.
+    ``attention`` is ``"bahdanau"`` (additive, before the LSTM step, input feeding) or ``"luong"``
+    (multiplicative, after it; see the module docstring).
     """
 
     vocab_size: int
@@ -57,9 +76,15 @@ class LSTMSeq2SeqConfig:
     dropout: float = 0.1
     bidirectional_encoder: bool = True
     label_smoothing: float = 0.1
+    teacher_forcing: float = 1.0
+    attention: str = "bahdanau"
 
     def __post_init__(self):
         check_config_fields(self)
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got attention={self.attention!r}")
+        if not 0.0 <= self.teacher_forcing <= 1.0:
+            raise ValueError(f"teacher_forcing must be in [0, 1], got teacher_forcing={self.teacher_forcing}")
         for name in ("vocab_size", "embed_dim", "hidden_dim", "num_layers", "max_positions"):
             value = getattr(self, name)
             if value <= 0:
@@ -108,10 +133,13 @@ class LSTMSeq2Seq(SafetensorsModel, nn.Module):
                                dropout=layer_dropout, bidirectional=c.bidirectional_encoder)
         self.bridge_hidden = nn.Linear(enc_dim, c.hidden_dim)
         self.bridge_cell = nn.Linear(enc_dim, c.hidden_dim)
-        self.query_proj = nn.Linear(c.hidden_dim, c.hidden_dim, bias=False)  # W
         self.key_proj = nn.Linear(enc_dim, c.hidden_dim)  # U (its bias stands for the score's bias)
-        self.score = nn.Linear(c.hidden_dim, 1, bias=False)  # v
-        self.decoder = nn.LSTM(c.embed_dim + enc_dim, c.hidden_dim, c.num_layers, batch_first=True,
+        if c.attention == "bahdanau":
+            self.query_proj = nn.Linear(c.hidden_dim, c.hidden_dim, bias=False)  # W
+            self.score = nn.Linear(c.hidden_dim, 1, bias=False)  # v
+        # Bahdanau feeds the context into the LSTM (input feeding); Luong reads it after the step.
+        decoder_in = c.embed_dim + (enc_dim if c.attention == "bahdanau" else 0)
+        self.decoder = nn.LSTM(decoder_in, c.hidden_dim, c.num_layers, batch_first=True,
                                dropout=layer_dropout)
         self.combine = nn.Linear(c.hidden_dim + enc_dim + c.embed_dim, c.embed_dim)
         self.output_bias = nn.Parameter(torch.zeros(c.vocab_size))
@@ -168,13 +196,19 @@ class LSTMSeq2Seq(SafetensorsModel, nn.Module):
         self, token_ids: torch.Tensor, state: LSTMState,
     ) -> tuple[torch.Tensor, LSTMState, torch.Tensor]:
         """One decoder step: ``(logits (batch, vocab), new state, attention weights (batch, Ls))``."""
-        query = self.query_proj(state.hidden[-1])  # (batch, hidden)
-        scores = self.score(torch.tanh(query[:, None, :] + state.keys)).squeeze(-1)  # (batch, Ls)
+        embedded = self.dropout(self.embed(token_ids))  # (batch, embed_dim)
+        if self.config.attention == "luong":
+            out, (hidden, cell) = self.decoder(embedded[:, None, :], (state.hidden, state.cell))
+            query = out[:, 0]  # (batch, hidden): the state after this step asks
+            scores = torch.bmm(state.keys, query[:, :, None]).squeeze(-1)  # (batch, Ls)
+        else:
+            query = self.query_proj(state.hidden[-1])  # (batch, hidden): the state before it
+            scores = self.score(torch.tanh(query[:, None, :] + state.keys)).squeeze(-1)  # (batch, Ls)
         weights = scores.masked_fill(state.padding_mask, float("-inf")).softmax(dim=-1)
         context = torch.bmm(weights[:, None, :], state.memory).squeeze(1)  # (batch, enc_dim)
-        embedded = self.dropout(self.embed(token_ids))  # (batch, embed_dim)
-        lstm_in = torch.cat([embedded, context], dim=-1)[:, None, :]
-        out, (hidden, cell) = self.decoder(lstm_in, (state.hidden, state.cell))
+        if self.config.attention == "bahdanau":
+            lstm_in = torch.cat([embedded, context], dim=-1)[:, None, :]
+            out, (hidden, cell) = self.decoder(lstm_in, (state.hidden, state.cell))
         combined = torch.tanh(self.combine(torch.cat([out[:, 0], context, embedded], dim=-1)))
         logits = F.linear(self.dropout(combined), self.embed.weight, self.output_bias)
         new_state = LSTMState(state.memory, state.keys, state.padding_mask, hidden, cell)
@@ -202,13 +236,34 @@ class LSTMSeq2Seq(SafetensorsModel, nn.Module):
         if tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0]:
             raise ValueError(f"tgt_in must be (batch={src.shape[0]}, Lt), got shape {tuple(tgt_in.shape)}")
         state = self.encode(src, src_padding)
+        sampling = self.training and self.config.teacher_forcing < 1.0
+        if self.config.attention == "luong" and not sampling:
+            return self._luong_all_at_once(tgt_in, state)
         all_logits, all_weights = [], []
         # Attention at step t needs the decoder state of step t - 1, so the steps run one by one.
         for t in range(tgt_in.shape[1]):
-            logits, state, weights = self.step_with_attention(tgt_in[:, t], state)
+            tokens = tgt_in[:, t]
+            if sampling and t > 0:
+                # The model's own guess, detached: gradients flow through the state, not the choice.
+                own = all_logits[-1].detach().argmax(dim=-1)
+                use_own = torch.rand(tokens.shape, device=tokens.device) >= self.config.teacher_forcing
+                tokens = torch.where(use_own & (tokens != self.config.pad_id), own, tokens)
+            logits, state, weights = self.step_with_attention(tokens, state)
             all_logits.append(logits)
             all_weights.append(weights)
         return torch.stack(all_logits, dim=1), torch.stack(all_weights, dim=1)
+
+    def _luong_all_at_once(self, tgt_in: torch.Tensor,
+                           state: LSTMState) -> tuple[torch.Tensor, torch.Tensor]:
+        """What stepping :meth:`step_with_attention` through ``tgt_in`` gives, for Luong attention
+        with the reference fed: the LSTM runs over the whole target, then every position attends."""
+        embedded = self.dropout(self.embed(tgt_in))  # (batch, Lt, embed_dim)
+        out, _ = self.decoder(embedded, (state.hidden, state.cell))  # (batch, Lt, hidden)
+        scores = torch.bmm(out, state.keys.transpose(1, 2))  # (batch, Lt, Ls)
+        weights = scores.masked_fill(state.padding_mask[:, None, :], float("-inf")).softmax(dim=-1)
+        context = torch.bmm(weights, state.memory)  # (batch, Lt, enc_dim)
+        combined = torch.tanh(self.combine(torch.cat([out, context, embedded], dim=-1)))
+        return F.linear(self.dropout(combined), self.embed.weight, self.output_bias), weights
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor,
                 src_padding: torch.Tensor | None = None) -> torch.Tensor:

@@ -37,7 +37,10 @@ class TrainConfig:
             price is exact reproducibility: which learning rate a step gets depends on how fast
             the steps ran.
 
-    Optimizer (AdamW, see :mod:`attnlab.train.optim`) and schedule (:mod:`~.schedule`):
+    Optimizer (see :mod:`attnlab.train.optim`) and schedule (:mod:`~.schedule`):
+        optimizer: ``"adamw"``, or ``"muon"``: Muon for the hidden weight matrices, its steps
+            scaled to AdamW's size so that ``lr`` and the schedule serve both, and AdamW for
+            embeddings, gains and biases.
         lr: peak learning rate, reached after ``warmup_steps`` linear warmup steps (a warmup
             longer than ``max_steps`` just never reaches it).
         min_lr: learning rate at the last step, after the cosine decay.
@@ -64,6 +67,7 @@ class TrainConfig:
     min_lr: float = 1e-4
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
+    optimizer: str = "adamw"
     warmup_steps: int = 100
     max_steps: int = 1000
     max_minutes: float | None = None
@@ -100,6 +104,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.min_lr must be in [0, lr={self.lr}], got min_lr={self.min_lr!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got weight_decay={self.weight_decay!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(
+                f"TrainConfig.optimizer must be 'adamw' or 'muon', got optimizer={self.optimizer!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got betas={self.betas!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:

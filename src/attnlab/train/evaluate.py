@@ -117,23 +117,29 @@ def best_and_worst(pairs, hypotheses, count: int = 3, min_words: int = 8) -> dic
 
 
 def evaluate_translation(loaded, max_sentences: int | None, beam: int, batch_size: int = 16,
-                         progress: Progress = _silent) -> dict:
-    """sacreBLEU corpus BLEU and chrF of a loaded translator on the held-out test books (all their
-    verses, or ``max_sentences`` spread evenly over them), translated ``batch_size`` at a time
-    with ``beam`` beams; also by source length (:func:`scores_by_length`), the best and worst
-    verses (:func:`best_and_worst`), and every translation. Raises ``BibleDataError`` without
-    the Bible packages."""
+                         progress: Progress = _silent, split: str = "test",
+                         length_penalty: float = 1.0) -> dict:
+    """sacreBLEU corpus BLEU and chrF of a loaded translator on the held-out test books, or with
+    ``split="validation"`` on the validation books (to choose settings without looking at the
+    test books): all their verses, or ``max_sentences`` spread evenly over them, translated
+    ``batch_size`` at a time with ``beam`` beams and GNMT ``length_penalty``; also by source
+    length (:func:`scores_by_length`), the best and worst verses (:func:`best_and_worst`), and
+    every translation. Raises ``BibleDataError`` without the Bible packages."""
     from sacrebleu.metrics import BLEU, CHRF
 
-    from attnlab.data.bible import HELD_OUT_BOOKS, split_pairs, verse_pairs
+    from attnlab.data.bible import HELD_OUT_BOOKS, VALIDATION_BOOKS, split_pairs, verse_pairs
     from attnlab.train.translate_task import spread, translate
 
-    pairs = spread(split_pairs(verse_pairs())[2], max_sentences)
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    _, validation, test = split_pairs(verse_pairs())
+    pairs = spread(test if split == "test" else validation, max_sentences)
     start = time.perf_counter()
     hypotheses: list[str] = []
     for first in progress(range(0, len(pairs), batch_size), "translating"):
         group = pairs[first:first + batch_size]
-        hypotheses += translate(loaded.model, loaded.tokenizer, [pair.en for pair in group], beam=beam)
+        hypotheses += translate(loaded.model, loaded.tokenizer, [pair.en for pair in group], beam=beam,
+                                length_penalty=length_penalty)
     seconds = time.perf_counter() - start
     references = [pair.es for pair in pairs]
     bleu, chrf = BLEU(), CHRF()
@@ -144,9 +150,12 @@ def evaluate_translation(loaded, max_sentences: int | None, beam: int, batch_siz
         "step": loaded.step,
         "preset": loaded.meta.get("preset"),
         "arch": loaded.meta.get("arch"),
+        "split": split,
+        "books": list(HELD_OUT_BOOKS if split == "test" else VALIDATION_BOOKS),
         "test_books": list(HELD_OUT_BOOKS),
         "sentences": len(pairs),
         "beam": beam,
+        "length_penalty": length_penalty,
         "bleu": bleu_score.score,
         "chrf": chrf_score.score,
         "bleu_signature": str(bleu.get_signature()),

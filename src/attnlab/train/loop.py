@@ -329,7 +329,7 @@ class _Run:
             model, task, config, out_dir, meta, ctx, force)
         self.model.to(ctx.device).train()
         self.optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
-                                         betas=config.betas, device=ctx.device)
+                                         betas=config.betas, device=ctx.device, kind=config.optimizer)
         self.metrics_path = out_dir / METRICS_FILE
         self.log = MetricsLog(self.metrics_path)
         self.step = 0
