@@ -317,8 +317,8 @@ def test_eval_translate_refuses_the_users_file_then_writes_a_new_one(translator,
     # The scores are tested in test_cli_translate.py; here only where they go matters.
     verses = [{"en": "In the beginning", "hypothesis": "En el principio"}] * 2
     monkeypatch.setattr("attnlab.train.evaluate.evaluate_translation",
-                        lambda loaded, sentences, beam, progress: {"step": loaded.step,
-                                                                   "translations": verses})
+                        lambda loaded, sentences, beam, progress, **_: {"step": loaded.step,
+                                                                        "translations": verses})
     mine = user_file(tmp_path / "translations.json")
     base = ("eval", "translate", "--checkpoint", translator, "--json")
     assert_refused(cli(*base, "--translations", str(mine)), "translations.json")
