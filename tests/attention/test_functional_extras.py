@@ -15,13 +15,14 @@ from torch.testing import assert_close
 
 from attnlab.attention import attention
 
-BACKENDS = ("reference", "tiled", "auto")
-ALL_BACKENDS = ("reference", "tiled", "torch", "auto")
+BACKENDS = ("reference", "tiled", "native", "auto")
+ALL_BACKENDS = ("reference", "tiled", "torch", "native", "auto")
+DROPOUT_BACKENDS = ("reference", "tiled", "torch", "auto")  # the native kernel has no dropout
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-8), torch.float32: dict(atol=1e-4, rtol=1e-4)}
 
 
 def formula(query, key, value, attn_mask=None, is_causal=False, scale=None, window=None,
-            alibi_slopes=None, softcap=None, global_tokens=0):
+            alibi_slopes=None, softcap=None, global_tokens=0, query_offset=0):
     """DESIGN.md's definition in float64, one line per clause.
 
     s_ij = softcap·tanh(scale·q_i·k_j / softcap) - slope_h·|i-j| + float_mask_ij, and -inf where
@@ -33,7 +34,7 @@ def formula(query, key, value, attn_mask=None, is_causal=False, scale=None, wind
     groups = q.shape[-3] // k.shape[-3]  # query head h reads key/value head h // groups
     k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
     lq, lk = q.shape[-2], k.shape[-2]
-    i = torch.arange(lq).unsqueeze(-1)  # (Lq, 1) query positions
+    i = torch.arange(lq).unsqueeze(-1) + query_offset  # (Lq, 1) query positions
     j = torch.arange(lk)  # (Lk,) key positions
     s = q @ k.transpose(-2, -1) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
     if softcap is not None:
@@ -124,6 +125,15 @@ EXTRAS_CASES = {
     "window-lq>lk": dict(lq=40, lk=9, window=(3, 5)),
     "window-wider-than-blocks": dict(lq=40, lk=40, window=(30, 17)),
     "window-and-causal": dict(window=(1, 5), is_causal=True),
+    # Queries after cached keys (decoding): positions query_offset + i.
+    "offset-causal": dict(lq=5, lk=40, is_causal=True, query_offset=35),
+    "offset-causal-window-alibi": dict(lq=12, lk=40, is_causal=True, window=(9, 0), query_offset=28,
+                                       alibi_slopes=torch.tensor([0.5, 0.25])),
+    "offset-causal-global-tokens-gqa": dict(hq=4, hk=2, lq=7, lk=40, is_causal=True, window=(5, 0),
+                                            global_tokens=3, query_offset=33),
+    "offset-one-query-bool-mask": dict(lq=1, lk=40, is_causal=True, query_offset=39,
+                                       mask=("bool", (1, 40))),
+    "offset-window-both-sides": dict(lq=10, lk=40, window=(4, 6), query_offset=15),
     "alibi": dict(hq=4, alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.0625])),
     "alibi-gqa-causal": dict(hq=4, hk=2, alibi_slopes=torch.tensor([1.0, 0.5, 0.2, 0.1]), is_causal=True),
     "softcap": dict(softcap=2.0, scale=1.0),
@@ -184,20 +194,22 @@ def configurations(draw):
         softcap=draw(st.one_of(st.none(), st.floats(0.5, 10.0))),
         alibi=draw(st.booleans()),
         scale=draw(st.one_of(st.none(), st.floats(0.1, 2.0))),
+        query_offset=draw(st.sampled_from([0, 0, 1, 7, 30])),
         blocks=(draw(st.sampled_from([1, 2, 4, 8, 16])), draw(st.sampled_from([1, 3, 4, 16]))),
         seed=draw(st.integers(0, 2**31)),
     )
 
 
+@pytest.mark.parametrize("backend", ["tiled", "native"])
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(config=configurations())
-def test_tiled_matches_the_formula_on_random_configurations(config, set_blocks):
+def test_blocked_backends_match_the_formula_on_random_configurations(backend, config, set_blocks):
     set_blocks(*config.pop("blocks"))
     gen = torch.Generator().manual_seed(config.pop("seed"))
     if config.pop("alibi"):
         config["alibi_slopes"] = torch.rand(config["hq"], generator=gen, dtype=torch.float64)
     tensors, kwargs = _extras_case(**config)
-    _assert_matches_formula(*tensors, "tiled", TOL[torch.float64], **kwargs)
+    _assert_matches_formula(*tensors, backend, TOL[torch.float64], **kwargs)
 
 
 def _empty_row_case(how: str):
@@ -282,6 +294,8 @@ def test_empty_queries_or_batch_give_an_empty_output(backend, q_shape, kv_len):
 LARGE_LOGIT_CASES = [
     pytest.param("tiled", {}, id="tiled"),
     pytest.param("tiled", dict(is_causal=True), id="tiled-causal"),
+    pytest.param("native", {}, id="native"),
+    pytest.param("native", dict(is_causal=True), id="native-causal"),
     pytest.param("auto", {}, id="auto"),
     pytest.param("auto", dict(window=(16, 16)), id="auto-window"),
 ]
@@ -319,7 +333,7 @@ def _dropout_run(backend, seed):
     return out.detach(), [leaf.grad for leaf in leaves]
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", DROPOUT_BACKENDS)
 def test_dropout_with_the_same_seed_gives_the_same_output_and_grads(backend, small_blocks):
     out_a, grads_a = _dropout_run(backend, seed=11)
     out_b, grads_b = _dropout_run(backend, seed=11)
@@ -328,7 +342,7 @@ def test_dropout_with_the_same_seed_gives_the_same_output_and_grads(backend, sma
         assert torch.equal(grad_a, grad_b)
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", DROPOUT_BACKENDS)
 def test_dropout_with_another_seed_gives_another_output(backend, small_blocks):
     assert not torch.equal(_dropout_run(backend, seed=11)[0], _dropout_run(backend, seed=12)[0])
 
@@ -349,7 +363,7 @@ def _dropped_weights(backend, p, copies=1, lq=40, lk=40, causal=True):
     return weights, dropped
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", DROPOUT_BACKENDS)
 def test_dropout_drops_about_p_of_the_weights_and_rescales_the_rest(backend, small_blocks):
     p = 0.25
     weights, dropped = _dropped_weights(backend, p, copies=16)
@@ -371,7 +385,7 @@ def test_tiled_dropout_masks_differ_between_batch_heads_and_tiles(small_blocks):
                 assert not torch.equal(group[a], group[b])
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", DROPOUT_BACKENDS)
 def test_dropout_output_averages_to_the_output_without_dropout(backend):
     weights, dropped = _dropped_weights(backend, 0.3, copies=2000, lq=12, lk=12)
     # Each weight's mean over 2000 draws has std <= sqrt(0.3 / 0.7 / 2000) ~ 0.015.

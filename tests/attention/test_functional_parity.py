@@ -12,10 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from attnlab.attention import attention, choose_backend
+from attnlab.attention import attention, choose_backend, native
 from attnlab.attention.functional import SHORT_CPU_LENGTH
 
-BACKENDS = ("reference", "tiled", "torch", "auto")
+BACKENDS = ("reference", "tiled", "torch", "native", "auto")
+# What `auto` picks on the CPU for float32 without dropout: the native kernel wherever it is
+# built (tests/attention/test_native.py checks the fallback to the rule without it).
+CPU = "native" if native.available() else None
 
 # Forward / gradient tolerances per dtype, against float64 PyTorch on the same rounded inputs.
 FORWARD_TOL = {
@@ -209,23 +212,27 @@ def _plain_inputs(dtype=torch.float32, dv=8, seq=80):
         torch.randn(2, 4, seq, dv, dtype=dtype)
 
 
-def test_choose_backend_picks_torch_for_a_plain_float32_request():
-    assert choose_backend(*_plain_inputs()) == "torch"
+def test_choose_backend_picks_the_native_kernel_or_torch_for_a_plain_float32_request():
+    assert choose_backend(*_plain_inputs()) == (CPU or "torch")
+    assert choose_backend(*_plain_inputs(dtype=torch.bfloat16)) == (CPU or "torch")
+    # float64 goes to the native kernel only by name (for gradcheck): auto keeps PyTorch's.
+    assert choose_backend(*_plain_inputs(dtype=torch.float64)) == "torch"
 
 
-def test_choose_backend_picks_torch_for_causal_and_masked_requests_pytorch_fuses():
-    for seq in (16, 80):  # short or not: masks and causality keep the fused kernel
+def test_choose_backend_keeps_a_fused_kernel_for_causal_and_masked_requests():
+    for seq in (16, 80):  # short or not: masks and causality keep a fused kernel
         q, k, v = _plain_inputs(seq=seq)
-        assert choose_backend(q, k, v, is_causal=True) == "torch"
-        assert choose_backend(q, k, v, attn_mask=torch.ones(seq, seq, dtype=torch.bool)) == "torch"
+        assert choose_backend(q, k, v, is_causal=True) == (CPU or "torch")
+        assert choose_backend(q, k, v, attn_mask=torch.ones(seq, seq, dtype=torch.bool)) == (CPU or "torch")
 
 
 @pytest.mark.parametrize(("lq", "lk", "expected"), [
     (16, 16, "reference"), (64, 64, "reference"), (1, 64, "reference"), (50, 33, "reference"),
-    (65, 64, "torch"), (64, 65, "torch"), (80, 80, "torch"), (1, 200, "torch"),
+    (65, 64, "fused"), (64, 65, "fused"), (80, 80, "fused"), (1, 200, "fused"),
 ])
 def test_choose_backend_picks_the_plain_formula_for_short_unmasked_cpu_requests(lq, lk, expected):
     assert (max(lq, lk) <= SHORT_CPU_LENGTH) == (expected == "reference")
+    expected = (CPU or "torch") if expected == "fused" else expected
     q, k, v = torch.randn(3, 4, lq, 8), torch.randn(3, 4, lk, 8), torch.randn(3, 4, lk, 8)
     assert choose_backend(q, k, v) == expected
     # Short requests the fused kernel cannot run (dropout, value head_dim != key head_dim) too.
@@ -252,22 +259,24 @@ def test_the_plain_formula_path_matches_pytorch_with_gradients():
     [dict(window=(4, 0)), dict(window=3), dict(alibi_slopes=torch.ones(4)), dict(softcap=30.0)],
     ids=["window-pair", "window-int", "alibi", "softcap"],
 )
-def test_choose_backend_picks_tiled_for_extras_pytorch_lacks(extra):
-    assert choose_backend(*_plain_inputs(), **extra) == "tiled"
+def test_choose_backend_picks_native_or_tiled_for_extras_pytorch_lacks(extra):
+    assert choose_backend(*_plain_inputs(), **extra) == (CPU or "tiled")
 
 
 def test_choose_backend_picks_tiled_for_dropout_on_cpu():
-    # PyTorch's fused CPU kernel has no dropout: it would fall back to the n x n math path.
+    # Neither PyTorch's fused CPU kernel nor the native one has dropout: PyTorch would fall back
+    # to the n x n math path.
     assert choose_backend(*_plain_inputs(), dropout_p=0.1) == "tiled"
 
 
-def test_choose_backend_picks_tiled_for_attn_mask_with_is_causal():
+def test_choose_backend_picks_native_or_tiled_for_attn_mask_with_is_causal():
     mask = torch.ones(80, 80, dtype=torch.bool)
-    assert choose_backend(*_plain_inputs(), attn_mask=mask, is_causal=True) == "tiled"
+    assert choose_backend(*_plain_inputs(), attn_mask=mask, is_causal=True) == (CPU or "tiled")
+    assert choose_backend(*_plain_inputs(), is_causal=True, query_offset=3) == (CPU or "tiled")
 
 
-def test_choose_backend_picks_tiled_when_value_head_dim_differs():
-    assert choose_backend(*_plain_inputs(dv=5)) == "tiled"
+def test_choose_backend_picks_native_or_tiled_when_value_head_dim_differs():
+    assert choose_backend(*_plain_inputs(dv=5)) == (CPU or "tiled")
 
 
 CUDA_CASES = [

@@ -334,6 +334,27 @@ def test_single_token_decoding_needs_no_mask(monkeypatch):
     cache = KVCache(1, H, 4, E // H)
     module(torch.randn(1, 3, E), is_causal=True, cache=cache)
     module(torch.randn(1, 1, E), is_causal=True, cache=cache)
-    # The prompt is causal as is; the new token sees every cached key, so no mask is built.
-    assert seen[0]["is_causal"] and seen[0]["attn_mask"] is None
-    assert not seen[1]["is_causal"] and seen[1]["attn_mask"] is None
+    # The prompt is causal as is; the new token sits after the cached keys: the module passes
+    # its position (query_offset) and never builds a mask.
+    assert seen[0]["is_causal"] and seen[0]["attn_mask"] is None and seen[0]["query_offset"] == 0
+    assert seen[1]["is_causal"] and seen[1]["attn_mask"] is None and seen[1]["query_offset"] == 3
+
+
+def test_window_and_alibi_decoding_pass_the_offset_instead_of_a_dense_mask(monkeypatch):
+    import attnlab.attention.modules as modules
+
+    seen, real = [], modules.attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(modules, "attention", spy)
+    module = MultiHeadAttention(E, H, window=(2, 0), alibi=True).eval()
+    x = torch.randn(1, 6, E)
+    cache = KVCache(1, H, 6, E // H)
+    steps = [module(x[:, :4], is_causal=True, cache=cache)]
+    steps += [module(x[:, t : t + 1], is_causal=True, cache=cache) for t in (4, 5)]
+    assert [kwargs["query_offset"] for kwargs in seen] == [0, 4, 5]
+    assert all(kwargs["attn_mask"] is None and kwargs["window"] == (2, 0) for kwargs in seen)
+    torch.testing.assert_close(torch.cat(steps, 1), module(x, is_causal=True), rtol=1e-5, atol=1e-5)

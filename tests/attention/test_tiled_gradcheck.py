@@ -1,7 +1,9 @@
-"""``torch.autograd.gradcheck`` (float64 finite differences) on the tiled backend's backward.
+"""``torch.autograd.gradcheck`` (float64 finite differences) on the tiled and native backends'
+backward.
 
-Tiles are forced down to 2 queries x 3 keys, so these small inputs still cross many tiles,
-partial tiles at both ends and tiles that masks, causality or the window skip.
+Tiles are forced down to 2 queries x 3 keys (the native kernel rounds 3 keys up to its vector
+width: 4 or 8 doubles), so these small inputs still cross many tiles, partial tiles at both ends
+and tiles that masks, causality or the window skip.
 """
 
 import math
@@ -52,6 +54,9 @@ GRADCHECK_CASES = [
     pytest.param(dict(lq=LK, lk=LQ), dict(is_causal=True), id="causal-lq>lk"),
     pytest.param(dict(), dict(window=(2, 1)), id="window"),
     pytest.param(dict(), dict(window=(0, 0)), id="window-diagonal-only"),
+    pytest.param(dict(lq=3, lk=LK), dict(is_causal=True, query_offset=6), id="query-offset-causal"),
+    pytest.param(dict(lq=4, lk=LK), dict(window=(2, 1), global_tokens=2, query_offset=3),
+                 id="query-offset-window-global-tokens"),
     pytest.param(dict(), dict(alibi_slopes=torch.tensor([0.5, 0.25], dtype=torch.float64)), id="alibi"),
     pytest.param(dict(), dict(softcap=0.8, scale=1.0), id="softcap"),
     pytest.param(dict(hq=4, hk=2), dict(enable_gqa=True), id="gqa"),
@@ -67,9 +72,10 @@ GRADCHECK_CASES = [
 
 
 @pytest.mark.parametrize(("shapes", "kwargs"), GRADCHECK_CASES)
-def test_tiled_backward_passes_gradcheck(shapes, kwargs):
+@pytest.mark.parametrize("backend", ["tiled", "native"])
+def test_backward_passes_gradcheck(backend, shapes, kwargs):
     def fn(query, key, value):
-        return attention(query, key, value, backend="tiled", **kwargs)
+        return attention(query, key, value, backend=backend, **kwargs)
 
     assert torch.autograd.gradcheck(fn, _inputs(**shapes))
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from attnlab.attention import tiled
+from attnlab.attention import native, tiled
 from attnlab.attention.masks import (
     global_tokens_mask,
     normalize_global_tokens,
@@ -32,7 +32,7 @@ from attnlab.attention.masks import (
     window_mask,
 )
 
-BACKENDS = ("auto", "reference", "tiled", "torch")
+BACKENDS = ("auto", "reference", "tiled", "torch", "native")
 #: ``auto`` runs the plain formula on the CPU for unmasked, non-causal inputs with at most this
 #: many queries and keys: there it beats PyTorch's fused CPU kernel, 1.2-3.9x in forward and
 #: backward at head_dim 24-64 (benchmarks/short_attention.py); masks and causality add passes
@@ -54,6 +54,7 @@ class _Request:
     softcap: float | None
     dropout_p: float
     global_tokens: int = 0
+    q_offset: int = 0  # query i sits at position q_offset + i
 
     @property
     def groups(self) -> int:
@@ -204,8 +205,14 @@ def _validate_softcap(softcap) -> float | None:
     return float(softcap)
 
 
+def _validate_query_offset(query_offset) -> int:
+    if isinstance(query_offset, bool) or not isinstance(query_offset, int) or query_offset < 0:
+        raise ValueError(f"query_offset must be an int >= 0, got {query_offset!r}")
+    return query_offset
+
+
 def _validate(query, key, value, *, attn_mask=None, dropout_p=0.0, scale=None, enable_gqa=False,
-              window=None, alibi_slopes=None, softcap=None, global_tokens=0,
+              window=None, alibi_slopes=None, softcap=None, global_tokens=0, query_offset=0,
               backend="auto") -> _Request:
     """Every argument of :func:`attention`, checked before any work; returns the request."""
     _validate_qkv(query, key, value)
@@ -226,6 +233,7 @@ def _validate(query, key, value, *, attn_mask=None, dropout_p=0.0, scale=None, e
         softcap=_validate_softcap(softcap),
         dropout_p=_validate_dropout(dropout_p),
         global_tokens=normalize_global_tokens(global_tokens, normalized_window),
+        q_offset=_validate_query_offset(query_offset),
     )
 
 
@@ -263,11 +271,13 @@ class AttentionTrace:
     attn_mask: torch.Tensor | None
     dropout_p: float
     global_tokens: int = 0
+    query_offset: int = 0
 
 
 def _offsets(req: _Request, device) -> torch.Tensor:
-    """``(Lq, Lk)`` of ``j - i``: how far key ``j`` lies after query ``i``."""
-    return torch.arange(req.k_len, device=device) - torch.arange(req.q_len, device=device)[:, None]
+    """``(Lq, Lk)`` of ``j - (q_offset + i)``: how far key ``j`` lies after query ``i``."""
+    positions = torch.arange(req.q_offset, req.q_offset + req.q_len, device=device)
+    return torch.arange(req.k_len, device=device) - positions[:, None]
 
 
 def _allowed(req: _Request, is_causal: bool, device) -> torch.Tensor | None:
@@ -276,10 +286,10 @@ def _allowed(req: _Request, is_causal: bool, device) -> torch.Tensor | None:
     left, right = _effective_window(req, is_causal)
     if left is None and right is None:
         return None
-    allowed = window_mask(req.q_len, req.k_len, (left, right), device=device)
+    allowed = window_mask(req.q_len, req.k_len, (left, right), offset=req.q_offset, device=device)
     if req.global_tokens:  # the first g positions see, and are seen by, every position
         allowed = allowed | global_tokens_mask(req.q_len, req.k_len, req.global_tokens,
-                                               causal=is_causal, device=device)
+                                               causal=is_causal, offset=req.q_offset, device=device)
     return allowed
 
 
@@ -340,9 +350,14 @@ def _torch_backend(query, key, value, attn_mask, is_causal, enable_gqa, req: _Re
     k = key.reshape(-1, *key.shape[-3:])
     v = value.reshape(-1, *value.shape[-3:])
     mask = _flatten_batch(attn_mask, req.batch)
-    if mask is not None and is_causal:  # PyTorch refuses both at once: merge them
-        causal = torch.ones(req.q_len, req.k_len, dtype=torch.bool, device=q.device).tril()
-        mask = mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, -math.inf)
+    if is_causal and (mask is not None or req.q_offset):
+        # PyTorch refuses a mask with is_causal, and aligns causality top-left: build it here.
+        causal = torch.ones(req.q_len, req.k_len, dtype=torch.bool, device=q.device)
+        causal = causal.tril(diagonal=req.q_offset)
+        if mask is None:
+            mask = causal
+        else:
+            mask = mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, -math.inf)
         is_causal = False
     empty_row = None
     if mask is not None:
@@ -365,8 +380,10 @@ def _torch_backend(query, key, value, attn_mask, is_causal, enable_gqa, req: _Re
     return out.reshape(*req.batch, req.q_heads, req.q_len, value.shape[-1])
 
 
-def _tiled_backend(query, key, value, attn_mask, is_causal, alibi_slopes, req: _Request):
-    """Group heads for GQA and hand the request to :mod:`attnlab.attention.tiled`."""
+def _tiled_backend(query, key, value, attn_mask, is_causal, alibi_slopes, req: _Request,
+                   function=tiled.TiledAttentionFunction):
+    """Group heads for GQA and hand the request to :mod:`attnlab.attention.tiled` (or, with
+    ``function=native.NativeAttentionFunction``, to the native kernel: the same layout)."""
     groups, kv_heads = req.groups, req.kv_heads
     q = query.reshape(-1, kv_heads, groups, req.q_len, query.shape[-1])
     n = q.shape[0]
@@ -390,9 +407,9 @@ def _tiled_backend(query, key, value, attn_mask, is_causal, alibi_slopes, req: _
     params = tiled.TiledParams(
         scale=req.scale, left=left, right=right, softcap=req.softcap, dropout_p=req.dropout_p,
         seed=seed, block_q=block_q, block_k=block_k, global_tokens=req.global_tokens,
-        causal=is_causal,
+        causal=is_causal, q_offset=req.q_offset,
     )
-    out = tiled.TiledAttentionFunction.apply(q, k, v, mask, neg_slopes, n, params)
+    out = function.apply(q, k, v, mask, neg_slopes, n, params)
     return out.reshape(*req.batch, req.q_heads, req.q_len, value.shape[-1])
 
 
@@ -401,6 +418,9 @@ def _run(backend, query, key, value, attn_mask, is_causal, enable_gqa, alibi_slo
         return _reference(query, key, value, attn_mask, is_causal, alibi_slopes, req)[-1]
     if backend == "tiled":
         return _tiled_backend(query, key, value, attn_mask, is_causal, alibi_slopes, req)
+    if backend == "native":
+        return _tiled_backend(query, key, value, attn_mask, is_causal, alibi_slopes, req,
+                              function=native.NativeAttentionFunction)
     return _torch_backend(query, key, value, attn_mask, is_causal, enable_gqa, req)
 
 
@@ -463,32 +483,51 @@ def _pytorch_has_fused_kernel(query, key, value, attn_mask, dropout_p, is_causal
 
 def choose_backend(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                    scale=None, enable_gqa=False, *, window=None, alibi_slopes=None,
-                   softcap=None, global_tokens=0) -> str:
+                   softcap=None, global_tokens=0, query_offset=0) -> str:
     """The backend ``backend="auto"`` runs for this request. The rule:
 
-    1. ``tiled`` if the request uses an extra PyTorch lacks (``window`` and ``global_tokens``,
-       ``alibi_slopes``, ``softcap``) or combines ``attn_mask`` with ``is_causal`` (PyTorch would
-       need an n x n merged mask).
-    2. ``reference`` on the CPU for short requests without masks or causality (at most
+    1. ``reference`` on the CPU for short requests without masks, causality or extras (at most
        :data:`SHORT_CPU_LENGTH` queries and keys, e.g. a ViT's 50 tokens): two matrix products
-       around a softmax beat the fused CPU kernel there, and the scores are small anyway.
-    3. ``torch`` if PyTorch runs it in a fused kernel (FlashAttention / memory-efficient / cuDNN
-       on CUDA, the flash kernel on CPU), which is the fastest exact kernel where it applies.
-    4. ``tiled`` otherwise: PyTorch would fall back to its math path, which materialises the
+       around a softmax beat every fused kernel there, and the scores are small anyway.
+    2. ``native`` on the CPU for float32, bf16 and fp16 without dropout, when the native kernel
+       is built (:func:`attnlab.attention.native.available`): it measures faster than PyTorch's
+       fused CPU kernel and than ``tiled`` for full, causal, windowed and masked attention
+       (docs/benchmarks.md, "The native CPU kernel"). Where it cannot be built, ``auto`` notes it
+       once on stderr and goes on with the rules below.
+    3. ``tiled`` if the request uses an extra PyTorch lacks (``window`` and ``global_tokens``,
+       ``alibi_slopes``, ``softcap``), combines ``attn_mask`` with ``is_causal`` or has a
+       ``query_offset`` with ``is_causal`` (PyTorch would need an n x n mask).
+    4. ``torch`` if PyTorch runs it in a fused kernel (FlashAttention / memory-efficient / cuDNN
+       on CUDA, the flash kernel on CPU), which is the fastest exact kernel where it applies:
+       every CUDA request without extras goes here.
+    5. ``tiled`` otherwise: PyTorch would fall back to its math path, which materialises the
        n x n scores (e.g. dropout on CPU, value head_dim != key head_dim).
     """
     req = _validate(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
                     enable_gqa=enable_gqa, window=window, alibi_slopes=alibi_slopes,
-                    softcap=softcap, global_tokens=global_tokens)
-    return _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, req)
+                    softcap=softcap, global_tokens=global_tokens, query_offset=query_offset)
+    return _choose(query, key, value, attn_mask, _causal(is_causal, req), enable_gqa, alibi_slopes,
+                   req)
+
+
+def _causal(is_causal: bool, req: _Request) -> bool:
+    """``is_causal``, or False where it forbids nothing: every key at or before every query
+    (cached decoding of one new token), which lets that call skip a mask."""
+    return is_causal and req.q_offset < req.k_len - 1
 
 
 def _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, req) -> str:
-    if req.has_extras or alibi_slopes is not None or (attn_mask is not None and is_causal):
-        return "tiled"
-    if (query.device.type == "cpu" and attn_mask is None and not is_causal
+    extras = req.has_extras or alibi_slopes is not None
+    cpu = query.device.type == "cpu"
+    if (cpu and attn_mask is None and not is_causal and not extras
             and max(req.q_len, req.k_len) <= SHORT_CPU_LENGTH):
         return "reference"
+    if cpu and req.dropout_p == 0 and query.dtype in native.AUTO_DTYPES:
+        if native.available():
+            return "native"
+        native.note_unavailable()
+    if extras or (is_causal and (attn_mask is not None or req.q_offset)):
+        return "tiled"
     mask = _flatten_batch(attn_mask, req.batch)
     if _pytorch_has_fused_kernel(query, key, value, mask, req.dropout_p, is_causal, req.scale,
                                  enable_gqa):
@@ -498,7 +537,7 @@ def _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, r
 
 def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
               enable_gqa=False, *, window=None, alibi_slopes=None, softcap=None, global_tokens=0,
-              backend="auto"):
+              query_offset=0, backend="auto"):
     """Scaled dot-product attention, exact on every backend.
 
     Args:
@@ -507,20 +546,25 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
         attn_mask: bool (True = may attend) or float (added to the scores), broadcastable to
             ``(..., Hq, Lq, Lk)``. Treated as a constant (no gradient).
         dropout_p: probability of dropping an attention weight, in ``[0, 1)``.
-        is_causal: query ``i`` sees keys ``j <= i`` (top-left aligned, like PyTorch).
-            May be combined with ``attn_mask`` (both apply).
+        is_causal: query ``i`` sees keys ``j <= i`` (top-left aligned, like PyTorch; with
+            ``query_offset``, keys ``j <= query_offset + i``). May be combined with
+            ``attn_mask`` (both apply).
         scale: multiplies ``q . k``; defaults to ``1/sqrt(D)``.
         enable_gqa: let ``Hk`` divide ``Hq`` (grouped-query / multi-query attention).
         window: ``(left, right)``: query ``i`` sees keys ``i-left .. i+right``; ``None`` or ``-1``
-            on a side means unlimited; an int ``w`` means ``(w, w)``. The ``tiled`` backend
-            visits only the key blocks inside the window: O(n * window) time.
+            on a side means unlimited; an int ``w`` means ``(w, w)``. The ``tiled`` and
+            ``native`` backends visit only the key blocks inside the window: O(n * window) time.
         global_tokens: with ``window``, the first ``g`` positions are global (Longformer): they
             see every key and every query sees them (``is_causal`` still applies). Their key
             blocks are visited for every query block and their query blocks see all keys, so the
             cost is O(n * (window + g)).
         alibi_slopes: ``(Hq,)``; adds ``-slope * |i - j|`` to head ``h``'s scores.
         softcap: replaces scaled scores ``x`` by ``softcap * tanh(x / softcap)``.
-        backend: ``"auto"`` (see :func:`choose_backend`), ``"reference"``, ``"tiled"``, ``"torch"``.
+        query_offset: the queries sit at positions ``query_offset + i`` while key ``j`` sits at
+            ``j`` (decoding with a KV cache: the new queries come after the cached keys).
+            Causality, the window, global tokens and ALiBi are measured from these positions.
+        backend: ``"auto"`` (see :func:`choose_backend`), ``"reference"``, ``"tiled"``,
+            ``"torch"`` or ``"native"`` (:mod:`attnlab.attention.native`, CPU only).
 
     Returns:
         ``(..., Hq, Lq, Dv)`` in the input dtype. Query rows with no allowed key are zeros
@@ -540,10 +584,14 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
         TypeError / ValueError naming the argument and the shapes or dtypes seen; a float
         ``attn_mask`` holding NaN or +inf, a non-finite ``scale`` or ``alibi_slopes``, and an
         ``attn_mask`` or ``alibi_slopes`` on another device than ``query`` are refused too.
+        ``backend="native"`` raises :class:`attnlab.attention.native.NativeUnavailable` where
+        the kernel cannot be built, and ValueError for CUDA tensors or dropout.
     """
     req = _validate(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
                     enable_gqa=enable_gqa, window=window, alibi_slopes=alibi_slopes,
-                    softcap=softcap, global_tokens=global_tokens, backend=backend)
+                    softcap=softcap, global_tokens=global_tokens, query_offset=query_offset,
+                    backend=backend)
+    is_causal = _causal(is_causal, req)
     if query.numel() == 0 or key.shape[-2] == 0:
         # Nothing to tile and nothing for a fused kernel to do: the formula gives the empty (or,
         # with no keys, all-zero) output, and a gradient graph, on any backend's behalf.
@@ -558,6 +606,12 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                 f"backend='torch' does not support {', '.join(unsupported)}; "
                 "use backend='tiled' or 'auto'"
             )
+    if backend == "native":
+        if query.device.type != "cpu":
+            raise ValueError(f"backend='native' runs on the CPU only, got {query.device.type} tensors")
+        if req.dropout_p > 0:
+            raise ValueError("backend='native' does not support dropout; use backend='tiled' or 'auto'")
+        native.require()
     args = (attn_mask, is_causal, enable_gqa, alibi_slopes, req)
     if _all_finite(query, key, value):
         return _run(backend, query, key, value, *args)
@@ -570,7 +624,8 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
 
 def attention_trace(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                     scale=None, enable_gqa=False, *, window=None, alibi_slopes=None,
-                    softcap=None, global_tokens=0, backend="reference") -> AttentionTrace:
+                    softcap=None, global_tokens=0, query_offset=0,
+                    backend="reference") -> AttentionTrace:
     """Run the reference formula and keep every step (see :class:`AttentionTrace`).
 
     Takes :func:`attention`'s arguments. The trace always materialises the ``(..., Hq, Lq, Lk)``
@@ -581,7 +636,7 @@ def attention_trace(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         raise ValueError(f"attention_trace always uses the reference formula, got backend={backend!r}")
     req = _validate(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
                     enable_gqa=enable_gqa, window=window, alibi_slopes=alibi_slopes,
-                    softcap=softcap, global_tokens=global_tokens)
+                    softcap=softcap, global_tokens=global_tokens, query_offset=query_offset)
     scores, scaled, masked, weights, output = _reference(
         query, key, value, attn_mask, is_causal, alibi_slopes, req
     )
@@ -589,5 +644,5 @@ def attention_trace(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         query=query, key=key, value=value, scores=scores, scaled=scaled, masked=masked,
         weights=weights, output=output, scale=req.scale, is_causal=is_causal, window=req.window,
         softcap=req.softcap, alibi_slopes=alibi_slopes, attn_mask=attn_mask,
-        dropout_p=req.dropout_p, global_tokens=req.global_tokens,
+        dropout_p=req.dropout_p, global_tokens=req.global_tokens, query_offset=req.q_offset,
     )

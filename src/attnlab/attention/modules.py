@@ -10,11 +10,9 @@ from attnlab.attention.functional import attention
 from attnlab.attention.linear import linear_attention
 from attnlab.attention.masks import (
     combine_masks,
-    global_tokens_mask,
     normalize_global_tokens,
     normalize_window,
     padding_mask,
-    window_mask,
 )
 from attnlab.attention.positions import RotaryEmbedding, alibi_slopes
 from attnlab.attention.record import hooked_attention
@@ -185,33 +183,6 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.append(k, v)
         return k, v, 0
 
-    def _aligned_mask(
-        self, q_len: int, k_len: int, offset: int, is_causal: bool, device, dtype
-    ) -> torch.Tensor | None:
-        """Causality, window and ALiBi for queries at positions ``offset .. offset+q_len-1``.
-
-        Returns a bool ``(q_len, k_len)`` mask, a float ``(heads, q_len, k_len)`` bias (when ALiBi
-        is on), or None when nothing constrains these queries.
-        """
-        left, right = self.window or (None, None)
-        if is_causal:
-            right = 0 if right is None else min(right, 0)
-        if q_len == 1:
-            # The only query is the newest position: every cached key lies at or before it.
-            right = None
-        allowed = None
-        if left is not None or right is not None:
-            allowed = window_mask(q_len, k_len, (left, right), offset=offset, device=device)
-            if self.global_tokens:
-                allowed = allowed | global_tokens_mask(q_len, k_len, self.global_tokens,
-                                                       causal=is_causal, offset=offset, device=device)
-        bias = None
-        if self.alibi_slopes is not None:
-            q_pos = torch.arange(offset, offset + q_len, device=device)
-            distance = (q_pos[:, None] - torch.arange(k_len, device=device)).abs()  # (Lq, Lk)
-            bias = -self.alibi_slopes.to(dtype)[:, None, None] * distance.to(dtype)
-        return combine_masks(allowed, bias, dtype=dtype)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -265,24 +236,18 @@ class MultiHeadAttention(nn.Module):
         # Masks from half precision inputs stay float32: ALiBi distances would round in bf16.
         mask_dtype = torch.promote_types(q.dtype, torch.float32)
         padding = None if key_padding_mask is None else padding_mask(key_padding_mask)
-        window, slopes = self.window, self.alibi_slopes
-        if offset:
-            # `attention` aligns query i with key i; cached queries sit at offset + i, so
-            # causality, the window and ALiBi are applied here from absolute positions.
-            positional = self._aligned_mask(q_len, k.shape[-2], offset, is_causal, q.device,
-                                            mask_dtype)
-            attn_mask = combine_masks(attn_mask, positional, dtype=mask_dtype)
-            window, slopes, is_causal = None, None, False
         mask = combine_masks(attn_mask, padding, dtype=mask_dtype)
-
         kwargs = {
             "attn_mask": mask,
             "dropout_p": self.dropout if self.training else 0.0,
             "is_causal": is_causal,
             "enable_gqa": self.num_kv_heads != self.num_heads,
-            "window": window,
-            "alibi_slopes": slopes,
-            "global_tokens": self.global_tokens if window is not None else 0,
+            "window": self.window,
+            "alibi_slopes": self.alibi_slopes,
+            "global_tokens": self.global_tokens if self.window is not None else 0,
+            # Cached queries sit after the cached keys: causality, the window and ALiBi are
+            # measured from there, inside the kernels (which then still skip empty blocks).
+            "query_offset": offset,
         }
         if self._attention_hooks:  # a record()/edit() context is open on this module
             heads = hooked_attention(self, x, q, k, v, offset=offset, cross=context is not None,

@@ -54,6 +54,7 @@ class TiledParams:
     block_k: int
     global_tokens: int = 0  # the first g positions see and are seen by all (widen the window)
     causal: bool = False  # still applies to global tokens (left/right already include it)
+    q_offset: int = 0  # query i sits at position q_offset + i (cached decoding); key j at j
 
 
 def choose_blocks(rows_per_query: int, q_len: int, k_len: int) -> tuple[int, int]:
@@ -70,7 +71,7 @@ def choose_blocks(rows_per_query: int, q_len: int, k_len: int) -> tuple[int, int
 
 
 def _key_range(i0: int, i1: int, k_len: int, p: TiledParams) -> tuple[int, int]:
-    """Keys ``[lo, hi)`` that any query in ``[i0, i1)`` may see under the window."""
+    """Keys ``[lo, hi)`` that any query at the positions ``[i0, i1)`` may see under the window."""
     lo = 0 if p.left is None else max(0, i0 - p.left)
     hi = k_len if p.right is None else min(k_len, i1 - 1 + p.right + 1)
     return lo, hi
@@ -80,6 +81,7 @@ def _key_blocks(i0: int, i1: int, k_len: int, p: TiledParams):
     """The ``(j0, j1)`` key blocks to visit for queries ``[i0, i1)``: the window's range, plus
     the global keys ``[0, g)``; a block holding a global query visits every (causal) key."""
     g = p.global_tokens
+    i0, i1 = i0 + p.q_offset, i1 + p.q_offset  # positions from here on
     if g and i0 < g:
         spans = [(0, min(k_len, i1) if p.causal else k_len)]
     else:
@@ -96,7 +98,8 @@ def _offsets(i0: int, i1: int, j0: int, j1: int, device) -> torch.Tensor:
 
 
 def _window_block_bias(i0, i1, j0, j1, p: TiledParams, device, dtype) -> torch.Tensor | None:
-    """(bq, bk) additive bias of the window inside a tile (0 inside, -inf outside), or None when
+    """(bq, bk) additive bias of the window inside a tile of the query positions ``[i0, i1)``
+    and keys ``[j0, j1)`` (0 inside, -inf outside), or None when
     the tile lies wholly inside. Added rather than masked_fill'ed: broadcasting a (bq, bk) bias
     over the heads runs ~8x faster here than a broadcast masked_fill_."""
     g = p.global_tokens
@@ -166,15 +169,16 @@ class _BlockScores:
             tanh = s.div_(p.softcap).tanh_()
             s = tanh * p.softcap
         s5 = s.view(self.n, self.kv_heads, -1, i1 - i0, j1 - j0)  # (N, Hk, G, bq, bk)
+        a0, a1 = i0 + p.q_offset, i1 + p.q_offset  # the queries' positions
         if self.neg_slopes is not None:
-            distance = _offsets(i0, i1, j0, j1, device).abs().to(s.dtype)
+            distance = _offsets(a0, a1, j0, j1, device).abs().to(s.dtype)
             s5.addcmul_(self.neg_slopes, distance)
         if mask_blk is not None:
             if mask_blk.dtype == torch.bool:
                 s5.masked_fill_(~mask_blk, -math.inf)
             else:
                 s5.add_(mask_blk)
-        window_bias = _window_block_bias(i0, i1, j0, j1, p, device, s.dtype)
+        window_bias = _window_block_bias(a0, a1, j0, j1, p, device, s.dtype)
         if window_bias is not None:
             s5.add_(window_bias)
         return s, tanh
@@ -196,24 +200,29 @@ def _query_rows(q: torch.Tensor, i0: int, i1: int, scale: float = 1.0) -> torch.
     return rows.to(_accumulator_dtype(q.dtype)) * scale
 
 
-class TiledAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: inputs already grouped, ``q`` (NHk, G, Lq, D), ``k`` (NHk, Lk, D),
-    ``v`` (NHk, Lk, Dv); ``mask`` broadcastable to (N, Hk, G, Lq, Lk); ``neg_slopes``
-    broadcastable to (N, Hk, G, 1, 1). Returns the output (NHk, G, Lq, Dv)."""
+def blocked_function(forward, backward, name: str) -> type[torch.autograd.Function]:
+    """An autograd Function over one blocked attention implementation, in this layout: ``q``
+    (NHk, G, Lq, D), ``k`` (NHk, Lk, D), ``v`` (NHk, Lk, Dv); ``mask`` broadcastable to
+    (N, Hk, G, Lq, Lk); ``neg_slopes`` broadcastable to (N, Hk, G, 1, 1); output (NHk, G, Lq, Dv)
+    in ``q``'s dtype. ``forward(q, k, v, mask, neg_slopes, n, p)`` returns ``(out, lse)`` in the
+    accumulator dtype and ``backward(grad_out, q, k, v, out, lse, mask, neg_slopes, n, p)``
+    returns ``(dq, dk, dv)``; the tiled and native backends share this wrapper."""
 
-    @staticmethod
-    def forward(ctx, q, k, v, mask, neg_slopes, n: int, p: TiledParams):
-        out, lse = _forward(q, k, v, mask, neg_slopes, n, p)
+    def forward_(ctx, q, k, v, mask, neg_slopes, n: int, p: TiledParams):
+        out, lse = forward(q, k, v, mask, neg_slopes, n, p)
         ctx.save_for_backward(q, k, v, out, lse, mask, neg_slopes)
         ctx.n, ctx.p = n, p
         return out.to(q.dtype)
 
-    @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward_(ctx, grad_out):
         q, k, v, out, lse, mask, neg_slopes = ctx.saved_tensors
-        dq, dk, dv = _backward(grad_out, q, k, v, out, lse, mask, neg_slopes, ctx.n, ctx.p)
+        dq, dk, dv = backward(grad_out, q, k, v, out, lse, mask, neg_slopes, ctx.n, ctx.p)
         return dq, dk, dv, None, None, None, None
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward_), "backward": staticmethod(backward_),
+        "__doc__": f"Autograd wrapper of {forward.__module__}.{forward.__name__}."})
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -332,3 +341,6 @@ def backward_into(dq, dk, dv, grad_out, q, k, v, delta, lse, mask, neg_slopes, n
             _accumulate(d_rows, d_score, k[:, j0:j1])
             _accumulate(dk[:, j0:j1], d_score, rows, transpose_a=True)
         dq[:, :, i0:i1].add_(d_rows.view(nhk, groups, i1 - i0, head_dim), alpha=p.scale)
+
+
+TiledAttentionFunction = blocked_function(_forward, _backward, "TiledAttentionFunction")
