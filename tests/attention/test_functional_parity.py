@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from attnlab.attention import attention, choose_backend, native
-from attnlab.attention.functional import SHORT_CPU_LENGTH
+from attnlab.attention.functional import NATIVE_MIN_QUERIES, SHORT_CPU_LENGTH
 
 BACKENDS = ("reference", "tiled", "torch", "native", "auto")
 # What `auto` picks on the CPU for float32 without dropout: the native kernel wherever it is
@@ -212,26 +212,37 @@ def _plain_inputs(dtype=torch.float32, dv=8, seq=80):
         torch.randn(2, 4, seq, dv, dtype=dtype)
 
 
-def test_choose_backend_picks_the_native_kernel_or_torch_for_a_plain_float32_request():
-    assert choose_backend(*_plain_inputs()) == (CPU or "torch")
-    assert choose_backend(*_plain_inputs(dtype=torch.bfloat16)) == (CPU or "torch")
+def test_choose_backend_picks_the_native_kernel_from_its_measured_lengths_on():
+    from attnlab.attention.functional import NATIVE_CAUSAL_KEYS, NATIVE_KEYS
+
+    assert (NATIVE_CAUSAL_KEYS, NATIVE_KEYS) == (128, 512)  # the lengths below straddle them
+    for dtype in (torch.float32, torch.bfloat16):
+        assert choose_backend(*_plain_inputs(dtype, seq=511)) == "torch"
+        assert choose_backend(*_plain_inputs(dtype, seq=512)) == (CPU or "torch")
+        assert choose_backend(*_plain_inputs(dtype, seq=127), is_causal=True) == "torch"
+        assert choose_backend(*_plain_inputs(dtype, seq=128), is_causal=True) == (CPU or "torch")
+    padding = torch.ones(512, dtype=torch.bool)
+    assert choose_backend(*_plain_inputs(seq=512), attn_mask=padding) == (CPU or "torch")
+    assert choose_backend(*_plain_inputs(seq=511), attn_mask=padding[:511]) == "torch"
     # float64 goes to the native kernel only by name (for gradcheck): auto keeps PyTorch's.
-    assert choose_backend(*_plain_inputs(dtype=torch.float64)) == "torch"
+    assert choose_backend(*_plain_inputs(torch.float64, seq=512)) == "torch"
 
 
-def test_choose_backend_keeps_a_fused_kernel_for_causal_and_masked_requests():
-    for seq in (16, 80):  # short or not: masks and causality keep a fused kernel
+def test_choose_backend_keeps_pytorchs_kernel_for_short_causal_and_masked_requests():
+    for seq in (16, 80):
         q, k, v = _plain_inputs(seq=seq)
-        assert choose_backend(q, k, v, is_causal=True) == (CPU or "torch")
-        assert choose_backend(q, k, v, attn_mask=torch.ones(seq, seq, dtype=torch.bool)) == (CPU or "torch")
+        assert choose_backend(q, k, v, is_causal=True) == "torch"
+        assert choose_backend(q, k, v, attn_mask=torch.ones(seq, seq, dtype=torch.bool)) == "torch"
 
 
 @pytest.mark.parametrize(("lq", "lk", "expected"), [
     (16, 16, "reference"), (64, 64, "reference"), (1, 64, "reference"), (50, 33, "reference"),
-    (65, 64, "fused"), (64, 65, "fused"), (80, 80, "fused"), (1, 200, "fused"),
+    (65, 64, "torch"), (64, 65, "torch"), (80, 80, "torch"), (1, 200, "torch"),
+    (1, 600, "torch"), (15, 600, "torch"), (16, 600, "fused"),  # decoding keeps PyTorch's kernel
 ])
 def test_choose_backend_picks_the_plain_formula_for_short_unmasked_cpu_requests(lq, lk, expected):
     assert (max(lq, lk) <= SHORT_CPU_LENGTH) == (expected == "reference")
+    assert NATIVE_MIN_QUERIES == 16  # the rows above straddle it
     expected = (CPU or "torch") if expected == "fused" else expected
     q, k, v = torch.randn(3, 4, lq, 8), torch.randn(3, 4, lk, 8), torch.randn(3, 4, lk, 8)
     assert choose_backend(q, k, v) == expected
@@ -273,6 +284,13 @@ def test_choose_backend_picks_native_or_tiled_for_attn_mask_with_is_causal():
     mask = torch.ones(80, 80, dtype=torch.bool)
     assert choose_backend(*_plain_inputs(), attn_mask=mask, is_causal=True) == (CPU or "tiled")
     assert choose_backend(*_plain_inputs(), is_causal=True, query_offset=3) == (CPU or "tiled")
+
+
+def test_a_few_queries_after_cached_keys_keep_pytorchs_kernel_with_a_small_mask():
+    q, k, v = torch.randn(1, 4, 8, 16), torch.randn(1, 4, 600, 16), torch.randn(1, 4, 600, 16)
+    assert choose_backend(q, k, v, is_causal=True, query_offset=592) == "torch"
+    torch.testing.assert_close(attention(q, k, v, is_causal=True, query_offset=590),
+                               attention(q, k, v, is_causal=True, query_offset=590, backend="reference"))
 
 
 def test_choose_backend_picks_native_or_tiled_when_value_head_dim_differs():

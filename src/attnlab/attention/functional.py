@@ -38,6 +38,15 @@ BACKENDS = ("auto", "reference", "tiled", "torch", "native")
 #: backward at head_dim 24-64 (benchmarks/short_attention.py); masks and causality add passes
 #: over the scores that the fused kernel avoids, so those keep the kernel.
 SHORT_CPU_LENGTH = 64
+#: ``auto``'s thresholds for the native kernel on the CPU, measured side by side with PyTorch's
+#: fused kernel (benchmarks/short_attention.py, docs/benchmarks.md, "The native CPU kernel"):
+#: with fewer than NATIVE_MIN_QUERIES queries (decoding a token or a few at a time) its per-call
+#: set-up, a transposed copy of every cached key, costs more than the attention itself; causal
+#: requests gain from NATIVE_CAUSAL_KEYS keys on, others (no mask or a padding mask) from
+#: NATIVE_KEYS. Requests with extras PyTorch lacks go to it at any length: it beats ``tiled``.
+NATIVE_MIN_QUERIES = 16
+NATIVE_CAUSAL_KEYS = 128
+NATIVE_KEYS = 512
 
 
 @dataclass(frozen=True)
@@ -489,14 +498,17 @@ def choose_backend(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=F
     1. ``reference`` on the CPU for short requests without masks, causality or extras (at most
        :data:`SHORT_CPU_LENGTH` queries and keys, e.g. a ViT's 50 tokens): two matrix products
        around a softmax beat every fused kernel there, and the scores are small anyway.
-    2. ``native`` on the CPU for float32, bf16 and fp16 without dropout, when the native kernel
-       is built (:func:`attnlab.attention.native.available`): it measures faster than PyTorch's
-       fused CPU kernel and than ``tiled`` for full, causal, windowed and masked attention
-       (docs/benchmarks.md, "The native CPU kernel"). Where it cannot be built, ``auto`` notes it
-       once on stderr and goes on with the rules below.
+    2. ``native`` on the CPU for float32, bf16 and fp16 without dropout where it measures
+       faster (docs/benchmarks.md, "The native CPU kernel"), when the kernel is built
+       (:func:`attnlab.attention.native.available`): at least :data:`NATIVE_MIN_QUERIES`
+       queries, and either a request rules 3-5 would give ``tiled`` (it beats ``tiled``
+       everywhere), or causality with at least :data:`NATIVE_CAUSAL_KEYS` keys, or at least
+       :data:`NATIVE_KEYS` keys. Where it cannot be built, ``auto`` notes it once on stderr and
+       goes on with the rules below.
     3. ``tiled`` if the request uses an extra PyTorch lacks (``window`` and ``global_tokens``,
-       ``alibi_slopes``, ``softcap``), combines ``attn_mask`` with ``is_causal`` or has a
-       ``query_offset`` with ``is_causal`` (PyTorch would need an n x n mask).
+       ``alibi_slopes``, ``softcap``), or combines ``is_causal`` with ``attn_mask`` or a
+       ``query_offset`` for :data:`NATIVE_MIN_QUERIES` or more queries (PyTorch would need an
+       n x n mask; for fewer, the ``torch`` backend builds the small one).
     4. ``torch`` if PyTorch runs it in a fused kernel (FlashAttention / memory-efficient / cuDNN
        on CUDA, the flash kernel on CPU), which is the fastest exact kernel where it applies:
        every CUDA request without extras goes here.
@@ -522,17 +534,21 @@ def _choose(query, key, value, attn_mask, is_causal, enable_gqa, alibi_slopes, r
     if (cpu and attn_mask is None and not is_causal and not extras
             and max(req.q_len, req.k_len) <= SHORT_CPU_LENGTH):
         return "reference"
-    if cpu and req.dropout_p == 0 and query.dtype in native.AUTO_DTYPES:
+    # A causal mask PyTorch cannot express itself (with a mask, or after cached keys) is built
+    # for it when it is small (a few queries); otherwise a blocked kernel avoids the n x n mask.
+    merged_mask = is_causal and (attn_mask is not None or req.q_offset)
+    fused = not extras and not (merged_mask and req.q_len >= NATIVE_MIN_QUERIES) and \
+        _pytorch_has_fused_kernel(query, key, value, _flatten_batch(attn_mask, req.batch),
+                                  req.dropout_p, is_causal and not merged_mask, req.scale, enable_gqa)
+    native_fits = (cpu and req.dropout_p == 0 and query.dtype in native.AUTO_DTYPES
+                   and req.q_len >= NATIVE_MIN_QUERIES)
+    # The native kernel where it beats PyTorch's (measured lengths) and wherever the other
+    # choice would be ``tiled`` (extras, merged masks, requests PyTorch cannot fuse).
+    if native_fits and (not fused or req.k_len >= (NATIVE_CAUSAL_KEYS if is_causal else NATIVE_KEYS)):
         if native.available():
             return "native"
         native.note_unavailable()
-    if extras or (is_causal and (attn_mask is not None or req.q_offset)):
-        return "tiled"
-    mask = _flatten_batch(attn_mask, req.batch)
-    if _pytorch_has_fused_kernel(query, key, value, mask, req.dropout_p, is_causal, req.scale,
-                                 enable_gqa):
-        return "torch"
-    return "tiled"
+    return "torch" if fused else "tiled"
 
 
 def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
