@@ -46,12 +46,13 @@ LOSS_TOLERANCE = 1e-5
 
 
 def torch_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, enable_gqa=False,
-               window=None, alibi_slopes=None, global_tokens=0, backend="auto"):
+               window=None, alibi_slopes=None, global_tokens=0, query_offset=0, backend="auto"):
     """What ``MultiHeadAttention`` computes with PyTorch's kernel called directly.
 
     The GPT passes no mask, window or ALiBi; refusing them keeps the swap from silently dropping one.
     """
-    if attn_mask is not None or window is not None or alibi_slopes is not None or global_tokens:
+    if (attn_mask is not None or window is not None or alibi_slopes is not None or global_tokens
+            or query_offset):
         raise ValueError("torch_sdpa stands in for plain causal self-attention only; got a mask, "
                          "a window or ALiBi slopes")
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, is_causal=is_causal,

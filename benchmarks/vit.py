@@ -47,10 +47,11 @@ INFERENCE_BATCH = 500
 
 
 def torch_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, enable_gqa=False,
-               window=None, alibi_slopes=None, global_tokens=0, backend="auto"):
+               window=None, alibi_slopes=None, global_tokens=0, query_offset=0, backend="auto"):
     """What ``MultiHeadAttention`` computes for a ViT, with PyTorch's kernel called directly (the
     ViT passes no mask, window or ALiBi; refusing them keeps the swap from dropping one)."""
-    if attn_mask is not None or window is not None or alibi_slopes is not None or global_tokens or is_causal:
+    if (attn_mask is not None or window is not None or alibi_slopes is not None or global_tokens
+            or is_causal or query_offset):
         raise ValueError("torch_sdpa stands in for plain bidirectional self-attention only")
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, enable_gqa=enable_gqa)
 

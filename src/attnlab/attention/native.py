@@ -213,11 +213,13 @@ class _Layout:
         width = width_bytes // torch.empty((), dtype=self.dtype).element_size()
         self.nhk, self.groups, self.lq, self.d = q.shape
         self.lk, self.dv = k.shape[1], v.shape[-1]
-        self.dp, self.dvp, self.lkp = (_round_up(x, width) for x in (self.d, self.dv, self.lk))
+        self.dp, self.dvp = _round_up(self.d, width), _round_up(self.dv, width)
+        self.block_k = _round_up(BLOCK_K, width)  # what the kernel rounds it to
+        self.lkp = _round_up(self.lk, self.block_k)
         self.n, self.p = n, p
         q_rows = q.reshape(self.nhk, self.groups * self.lq, self.d).to(self.dtype) * p.scale
         self.q = _padded(q_rows, self.groups * self.lq, self.dp, self.dtype)
-        self.kt = _padded(k.transpose(1, 2), self.dp, self.lkp, self.dtype)
+        self.kt = self.panels(k.transpose(1, 2), self.dp)
         self.keep = [self.q, self.kt]  # tensors whose memory the kernel reads
         self.mask_kind, self.mask_strides, self.mask = 0, (0,) * 5, None
         if mask is not None:
@@ -234,6 +236,12 @@ class _Layout:
             self.neg_slopes = neg_slopes.to(self.dtype).reshape(-1).contiguous()
             self.keep.append(self.neg_slopes)
 
+    def panels(self, t: torch.Tensor, rows: int) -> torch.Tensor:
+        """``t`` (B, r, Lk) padded to (B, rows, Lkp), cut into key blocks: (B, Lkp/bk, rows, bk)."""
+        padded = _padded(t, rows, self.lkp, self.dtype)
+        blocks = self.lkp // self.block_k
+        return padded.view(t.shape[0], rows, blocks, self.block_k).transpose(1, 2).contiguous()
+
     def args(self, chunks: int = 1, **tensors: torch.Tensor) -> _Args:
         p = self.p
         args = _Args(
@@ -243,7 +251,7 @@ class _Layout:
             groups=self.groups, lq=self.lq, lk=self.lk, dp=self.dp, dvp=self.dvp, lkp=self.lkp,
             q_offset=p.q_offset, left=-1 if p.left is None else p.left,
             right=-1 if p.right is None else p.right, global_tokens=p.global_tokens,
-            causal=int(p.causal), block_q=BLOCK_Q, block_k=BLOCK_K,
+            causal=int(p.causal), block_q=BLOCK_Q, block_k=self.block_k,
             threads=torch.get_num_threads(), chunks=chunks, softcap=p.softcap or 0.0,
         )
         args.mask_strides[:] = list(self.mask_strides)
@@ -280,11 +288,11 @@ def _backward(grad_out, q, k, v, out, lse, mask, neg_slopes, n: int, p):
     d_out = _padded(grad.reshape(layout.nhk, -1, layout.dv), layout.groups * layout.lq,
                     layout.dvp, dtype)
     keys = _padded(k, layout.lkp, layout.dp, dtype)
-    values_t = _padded(v.transpose(1, 2), layout.dvp, layout.lkp, dtype)
+    values_t = layout.panels(v.transpose(1, 2), layout.dvp)
     threads = torch.get_num_threads()
     # With fewer key/value heads than threads, the keys are cut into chunks so that every
     # thread has work; each chunk adds into its own copy of dQ (summed below), O(n) memory.
-    key_blocks = -(-layout.lk // BLOCK_K)
+    key_blocks = layout.lkp // layout.block_k
     chunks = 1 if layout.nhk >= threads else min(key_blocks, -(-threads // layout.nhk))
     dq = q.new_zeros((chunks, layout.nhk, layout.groups * layout.lq, layout.dp), dtype=dtype)
     dk = q.new_zeros((layout.nhk, layout.lkp, layout.dp), dtype=dtype)

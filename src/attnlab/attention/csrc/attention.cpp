@@ -11,13 +11,16 @@
 // Layouts (all contiguous; D and Dv padded with zeros to a multiple of the vector width, Lk to
 // Lkp, a multiple of it too; padded keys are masked, padded values are zero):
 //   q   (NHk, G, Lq, Dp)    queries already multiplied by the scale
-//   kt  (NHk, Dp, Lkp)      keys transposed: a tile of scores reads rows of kt
+//   kt  (NHk, Lkp/bk, Dp, bk) keys transposed, one (Dp, bk) panel per key block: a tile of
+//                           scores reads one contiguous panel (rows of the whole transposed
+//                           keys lie Lkp apart, which at n = 32768 costs a TLB miss per row)
 //   k   (NHk, Lkp, Dp)      keys (backward: dQ = dS K)
 //   v   (NHk, Lkp, Dvp)     values (forward: O = P V)
-//   vt  (NHk, Dvp, Lkp)     values transposed (backward: dP = dO V^T)
+//   vt  (NHk, Lkp/bk, Dvp, bk) values transposed, in panels too (backward: dP = dO V^T)
 //   out (NHk, G, Lq, Dvp), lse (NHk, G, Lq), dout like out, delta like lse
 //   dq  (chunks, NHk, G, Lq, Dp) (the caller sums the chunks), dk like k, dv like v
-// Positions: query i sits at q_offset + i; key j at j.
+// Positions: query i sits at q_offset + i; key j at j. Key tiles start on multiples of bk (the
+// key block rounded up to the vector width); Lkp is a multiple of bk.
 
 #include <omp.h>
 
@@ -247,7 +250,8 @@ struct Geometry {
     return g > 0 && (j1 <= g || qp1 <= g) && (!causal || j1 - 1 <= qp0);
   }
 
-  // The key ranges queries [qp0, qp1) may see: at most two [lo, hi), lo a multiple of W.
+  // The key ranges queries [qp0, qp1) may see: at most two [lo, hi), lo a multiple of W (the
+  // key block: tiles then fall on whole panels of kt).
   int spans(int64_t qp0, int64_t qp1, int64_t W, int64_t out[2][2]) const {
     const int64_t g = global_tokens;
     int count = 0;
@@ -377,7 +381,7 @@ void forward(const Args& a) {
       std::fill(l.begin(), l.end(), T(0));
       std::fill(acc.begin(), acc.end(), T(0));
       int64_t spans[2][2];
-      const int count = geo.spans(qp0, qp0 + rows, W, spans);
+      const int count = geo.spans(qp0, qp0 + rows, bk, spans);
       for (int s = 0; s < count; ++s)
         for (int64_t j0 = spans[s][0]; j0 < spans[s][1]; j0 += bk) {
           const int64_t cols = round_up(std::min(j0 + bk, spans[s][1]) - j0, W);
@@ -386,7 +390,7 @@ void forward(const Args& a) {
           if (state == 0) continue;
           T* S = scores.data();
           g_tiles.fetch_add(1, std::memory_order_relaxed);
-          gemm<T>(S, bk, q, a.dp, 1, kt + j0, a.lkp, rows, cols, a.dp, false);
+          gemm<T>(S, bk, q, a.dp, 1, kt + (j0 / bk) * a.dp * bk, bk, rows, cols, a.dp, false);
           tile.finish(S, bk, nullptr, state);
           for (int64_t r = 0; r < rows; ++r) {
             T* row = S + r * bk;
@@ -451,7 +455,7 @@ void backward(const Args& a) {
           const int64_t i0 = qb * bq, rows = std::min(bq, a.lq - i0);
           const int64_t qp0 = a.q_offset + i0;
           int64_t spans[2][2];
-          const int count = geo.spans(qp0, qp0 + rows, W, spans);
+          const int count = geo.spans(qp0, qp0 + rows, bk, spans);
           const T* q = static_cast<const T*>(a.q) + (head * a.lq + i0) * a.dp;
           const T* dout = static_cast<const T*>(a.dout) + (head * a.lq + i0) * a.dvp;
           const T* lse = static_cast<const T*>(a.lse) + head * a.lq + i0;
@@ -472,13 +476,14 @@ void backward(const Args& a) {
               T* dP = dprob.data();
               T* th = a.softcap > 0 ? tanh_buf.data() : nullptr;
               g_tiles.fetch_add(1, std::memory_order_relaxed);
-              gemm<T>(P, bk, q, a.dp, 1, kt + j0, a.lkp, rows, cols, a.dp, false);
+              gemm<T>(P, bk, q, a.dp, 1, kt + (j0 / bk) * a.dp * bk, bk, rows, cols, a.dp, false);
               tile.finish(P, bk, th, state);
               for (int64_t r = 0; r < rows; ++r) exp_shift_sum(P + r * bk, cols, lse[r]);
               // dV += P^T dO
               gemm<T>(dv + j0 * a.dvp, a.dvp, P, 1, bk, dout, a.dvp, cols, a.dvp, rows, true);
               // dP = dO V^T, then dS = P * (dP - delta) (* the softcap's 1 - tanh^2)
-              gemm<T>(dP, bk, dout, a.dvp, 1, vt + j0, a.lkp, rows, cols, a.dvp, false);
+              gemm<T>(dP, bk, dout, a.dvp, 1, vt + (j0 / bk) * a.dvp * bk, bk, rows, cols, a.dvp,
+                      false);
               for (int64_t r = 0; r < rows; ++r) {
                 const V d = splat(delta[r]);
                 for (int64_t c = 0; c < cols; c += W) {
