@@ -320,7 +320,9 @@ def test_cached_decoding_on_cuda_equals_full_forward():
                                atol=1e-4)
 
 
-def test_single_token_decoding_needs_no_mask(monkeypatch):
+@pytest.fixture
+def attention_calls(monkeypatch):
+    """The keyword arguments of every attention() call MultiHeadAttention makes, in order."""
     import attnlab.attention.modules as modules
 
     seen, real = [], modules.attention
@@ -330,6 +332,11 @@ def test_single_token_decoding_needs_no_mask(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(modules, "attention", spy)
+    return seen
+
+
+def test_single_token_decoding_needs_no_mask(attention_calls):
+    seen = attention_calls
     module = MultiHeadAttention(E, H)
     cache = KVCache(1, H, 4, E // H)
     module(torch.randn(1, 3, E), is_causal=True, cache=cache)
@@ -340,16 +347,8 @@ def test_single_token_decoding_needs_no_mask(monkeypatch):
     assert seen[1]["is_causal"] and seen[1]["attn_mask"] is None and seen[1]["query_offset"] == 3
 
 
-def test_window_and_alibi_decoding_pass_the_offset_instead_of_a_dense_mask(monkeypatch):
-    import attnlab.attention.modules as modules
-
-    seen, real = [], modules.attention
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(modules, "attention", spy)
+def test_window_and_alibi_decoding_pass_the_offset_instead_of_a_dense_mask(attention_calls):
+    seen = attention_calls
     module = MultiHeadAttention(E, H, window=(2, 0), alibi=True).eval()
     x = torch.randn(1, 6, E)
     cache = KVCache(1, H, 6, E // H)
