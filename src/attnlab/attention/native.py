@@ -308,3 +308,13 @@ def _backward(grad_out, q, k, v, out, lse, mask, neg_slopes, n: int, p):
 #: Autograd wrapper in :func:`attnlab.attention.tiled.blocked_function`'s layout; ``p`` is a
 #: :class:`~attnlab.attention.tiled.TiledParams` without dropout.
 NativeAttentionFunction = blocked_function(_forward, _backward, "NativeAttentionFunction")
+
+
+def main() -> int:
+    """Build the kernel now and say where it is, or why not (scripts/setup.sh runs this)."""
+    if not available():
+        print(f"attnlab: the native CPU attention kernel is unavailable: {_reason}; attention will "
+              "run on the tiled and PyTorch kernels", file=sys.stderr)
+        return 1
+    print(f"attnlab: native CPU attention kernel ready ({vector_width()} floats per vector): {_path}")
+    return 0
