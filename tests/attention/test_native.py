@@ -244,3 +244,8 @@ def test_auto_sends_cuda_requests_to_pytorchs_fused_kernels():
         assert choose_backend(q, q, q, **kwargs) == "torch"
     with pytest.raises(ValueError, match="backend='native' runs on the CPU only"):
         attention(q, q, q, backend="native")
+
+
+def test_the_setup_scripts_build_step_reports_the_kernel(capsys):
+    assert native.main() == 0  # what scripts/setup.sh runs
+    assert "attnlab: native CPU attention kernel ready" in capsys.readouterr().out
