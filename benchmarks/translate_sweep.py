@@ -21,6 +21,9 @@ Results go to ``OUT/results.jsonl`` and a killed sweep resumes (see ``sweep_comm
         --out /tmp/mt-sweep --minutes 8
     python benchmarks/translate_sweep.py benchmarks/translate_sweep/round1.json \\
         --out /tmp/mt-sweep --summary
+
+``--arch`` keeps one architecture's variants and ``--threads`` sets each run's threads: two
+sweeps side by side, one per architecture with one thread each, give both the same machine.
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ def run_one(preset_name: str, overrides: dict, minutes: float, folder: Path) -> 
     # The budget ends the run, never the step count; evaluations and checkpoints every 200 steps.
     train = dict(preset.train_fields(arch), max_steps=10**6, max_minutes=None, budget_minutes=minutes,
                  eval_every=200, checkpoint_every=200)
+    # The preset's warm-up is sized for its 30-minute runs: a shorter run keeps the same share of
+    # its time warming up (at 8 minutes on one core the LSTM takes ~210 steps, and 150 of them
+    # would be warm-up).
+    train["warmup_steps"] = max(10, round(train["warmup_steps"] * min(1.0, minutes / 30)))
     train.update(overrides.get("train", {}))
     translate_task.TRANSLATE_PRESETS[preset_name] = dataclasses.replace(
         preset, train=train, lstm_train={}, **changes)
@@ -70,16 +77,18 @@ def run_one(preset_name: str, overrides: dict, minutes: float, folder: Path) -> 
 
 
 def run_variant(name: str, overrides: dict, folder: Path, minutes: float, preset: str,
-                max_sentences: int | None) -> dict:
-    """Train one variant in a child process, then score it on the validation books."""
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+                max_sentences: int | None, threads: int = 2) -> dict:
+    """Train one variant in a child process with ``threads`` threads, then score it on the
+    validation books."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     started = time.monotonic()
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f"{name}.log", "w") as log:
         code = subprocess.call(
             [sys.executable, __file__, "--one", preset, json.dumps(overrides), str(minutes), str(folder)],
             stdout=log, stderr=subprocess.STDOUT, env=env)
-    row = {"arch": overrides.get("arch", "transformer"), "minutes": minutes, "returncode": code,
+    row = {"arch": overrides.get("arch", "transformer"), "minutes": minutes, "threads": threads,
+           "returncode": code,
            "train_wall_s": round(time.monotonic() - started, 1), "validation": []}
     if code != 0:
         return row
@@ -100,6 +109,17 @@ def run_variant(name: str, overrides: dict, folder: Path, minutes: float, preset
     return row
 
 
+def last_val_loss(folder: Path) -> float | None:
+    """The last validation loss (label-smoothed cross-entropy) in ``folder/metrics.jsonl``."""
+    losses = []
+    try:
+        with open(folder / "metrics.jsonl") as handle:
+            losses = [row["val_loss"] for row in map(json.loads, handle) if row.get("val_loss") is not None]
+    except (OSError, ValueError, KeyError):
+        return None
+    return losses[-1] if losses else None
+
+
 def best(row: dict) -> dict | None:
     """The decoding setting of ``row`` with the highest validation BLEU."""
     return max(row.get("validation") or [], key=lambda scores: scores["bleu"], default=None)
@@ -113,21 +133,24 @@ def describe(row: dict) -> str:
             f"length penalty {top['length_penalty']:g}) after {row.get('steps')} steps")
 
 
-def summary(results: dict) -> str:
-    """A markdown table: each run with each decoding setting, then each variant's mean over seeds
-    (of its best setting's validation BLEU)."""
-    lines = ["| run | arch | minutes | steps | beam | length penalty | val BLEU | val chrF |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+def summary(results: dict, out: Path) -> str:
+    """A markdown table: each run with each decoding setting and its last validation loss (read
+    from ``out/NAME/metrics.jsonl``), then each variant's mean over seeds (of its best setting's
+    validation BLEU)."""
+    lines = ["| run | arch | minutes | steps | val loss | beam | length penalty | val BLEU | val chrF |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     scores = {}
     for name, row in results.items():
         if best(row) is None:
-            lines.append(f"| {name} | {row.get('arch')} | {row['minutes']} | - | - | - | "
+            lines.append(f"| {name} | {row.get('arch')} | {row['minutes']} | - | - | - | - | "
                          f"{describe(row)} | - |")
             continue
+        loss = last_val_loss(out / name)
+        loss = "-" if loss is None else f"{loss:.3f}"
         for scored in row["validation"]:
             lines.append(f"| {name} | {row['arch']} | {row['minutes']} | {row.get('steps') or 0:,} | "
-                         f"{scored['beam']} | {scored['length_penalty']:g} | {scored['bleu']:.2f} | "
-                         f"{scored['chrf']:.2f} |")
+                         f"{loss} | {scored['beam']} | {scored['length_penalty']:g} | "
+                         f"{scored['bleu']:.2f} | {scored['chrf']:.2f} |")
         scores[name] = best(row)["bleu"]
     lines += ["", "| variant | seeds | mean val BLEU | min-max | sd |", "|---|---:|---:|---:|---:|"]
     lines += [spread_row(variant, values, digits=2) for variant, values in by_variant(scores).items()]
@@ -145,18 +168,28 @@ def main() -> int:
     parser.add_argument("--preset", default="base")
     parser.add_argument("--max-sentences", type=int, default=None,
                         help="score this many validation verses spread over the books (default: all 452)")
+    parser.add_argument("--arch", choices=("transformer", "lstm"), default=None,
+                        help="run only the variants of this architecture")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads of each run (default 2: the whole machine; 1 lets a "
+                             "Transformer sweep and an LSTM sweep share a 2-core machine alike)")
     parser.add_argument("--summary", action="store_true", help="print the table of what is done")
     args = parser.parse_args()
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
     configs = json.loads(args.configs.read_text())
+    if args.arch is not None:
+        configs = {name: overrides for name, overrides in configs.items()
+                   if overrides.get("arch", "transformer") == args.arch}
     if args.summary:
         results = read_results(args.out)
     else:
         results = run_in_sequence(
             configs, args.out,
             lambda name, overrides, folder: run_variant(name, overrides, folder, args.minutes, args.preset,
-                                                        args.max_sentences),
+                                                        args.max_sentences, args.threads),
             describe)
-    print(summary({name: results[name] for name in configs if name in results}))
+    print(summary({name: results[name] for name in configs if name in results}, args.out))
     return 0
 
 
