@@ -229,8 +229,9 @@ _COMMON_TRAIN = {"weight_decay": 0.1, "grad_clip": 1.0, "keep_last": 3, "log_eve
 #   nats/char after 10 one-thread minutes) and than 4 x 192 (1.94 vs 2.05 after 5, batch 32); batches
 #   of 16 beat batches of 32 (1.80 vs 1.94: twice the optimizer steps). The training loop runs
 #   ~9.7 steps/s, so 8000 steps take about 14 of the 15 minutes.
-# - shakespeare-bpe: 2048 tokens of ~2.7 characters; the corpus is only 1.7 M tokens, seen ~4.5
-#   times in 15 minutes at 8.4 k tokens/s, so the model is wider to make use of repeated data.
+# - shakespeare-bpe: 2048 tokens of ~2.7 characters; the corpus is only 1.7 M tokens, seen ~2.9
+#   times in 15 minutes at 5.6 k tokens/s with Muon (about 2,370 steps of 2,048 tokens), so the
+#   model is wider to make use of repeated data.
 GPT_PRESETS: dict[str, GPTPreset] = {
     preset.name: preset
     for preset in (
