@@ -383,6 +383,9 @@ class _Run:
                     f"{self.out_dir} already holds checkpoints (newest: {existing[0][1].name}); "
                     "pass resume=True to continue that run, or use another out_dir")
             seed_everything(self.config.seed + self.ctx.rank)
+        # Every rank has read the folder before rank 0 writes into it: a rank still checking
+        # would otherwise see rank 0's half-written marker (its temporary file) as a stranger's.
+        self.ctx.barrier()
         if self.ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             marker = self.out_dir / RUN_MARKER
