@@ -111,11 +111,12 @@ def run_variant(name: str, overrides: dict, folder: Path, minutes: float, preset
 
 def last_val_loss(folder: Path) -> float | None:
     """The last validation loss (label-smoothed cross-entropy) in ``folder/metrics.jsonl``."""
-    losses = []
+    from attnlab.train.metrics import read_metrics
+
     try:
-        with open(folder / "metrics.jsonl") as handle:
-            losses = [row["val_loss"] for row in map(json.loads, handle) if row.get("val_loss") is not None]
-    except (OSError, ValueError, KeyError):
+        losses = [row["val_loss"] for row in read_metrics(folder / "metrics.jsonl")
+                  if row.get("val_loss") is not None]
+    except (OSError, ValueError):  # a run killed in the middle of a line
         return None
     return losses[-1] if losses else None
 
